@@ -1,0 +1,1 @@
+"""The engine: client mapping, local training, sampling, rounds, evaluation."""

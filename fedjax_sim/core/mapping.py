@@ -1,0 +1,59 @@
+"""The one place that decides how a per-client function is mapped over the client axis.
+
+Strategies:
+  vmap:       one vectorized program over all K clients (best on accelerators).
+  chunked:    ``lax.map`` over blocks of ``chunk_size`` vmapped clients; memory grows with the
+              chunk, not the cohort, and on CPU small blocks keep per-client weights in cache.
+  sequential: ``lax.map`` one client at a time (chunk 1), the lowest-memory option.
+The default per backend is measured (docs/performance.md), not guessed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+
+STRATEGIES = ("vmap", "chunked", "sequential")
+
+# Measured defaults (docs/performance.md, scripts/mapping_sweep.py).
+DEFAULT_STRATEGY = {"cpu": "chunked", "gpu": "vmap", "tpu": "vmap"}
+DEFAULT_CHUNK = {"cpu": 10, "gpu": 0, "tpu": 0}
+
+
+def resolve(strategy: str, chunk_size: int, backend: str | None = None) -> tuple[str, int]:
+    """Turns ``auto`` / ``0`` into the measured default for ``backend`` (default: JAX's)."""
+    backend = backend or jax.default_backend()
+    if strategy == "auto":
+        strategy = DEFAULT_STRATEGY.get(backend, "vmap")
+    if strategy == "chunked" and chunk_size <= 0:
+        chunk_size = DEFAULT_CHUNK.get(backend) or 10
+    if strategy == "sequential":
+        chunk_size = 1
+    return strategy, chunk_size
+
+
+def map_clients(fn: Callable, in_axes: Sequence[int | None], strategy: str = "vmap",
+                chunk_size: int = 0) -> Callable:
+    """Maps ``fn`` over axis 0 of the arguments whose ``in_axes`` entry is 0.
+
+    Arguments with ``None`` are shared by every client (e.g. the global model). Outputs are
+    stacked on a new leading client axis in every strategy, so callers never know which ran.
+    """
+    in_axes = tuple(in_axes)
+    if strategy == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+    if strategy not in ("chunked", "sequential"):
+        raise ValueError(f"unknown client mapping {strategy!r}; expected one of {STRATEGIES}")
+    batch = 1 if strategy == "sequential" else max(1, chunk_size)
+
+    def mapped(*args):
+        per_client = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+        def one(client_args):
+            it = iter(client_args)
+            full = [next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]
+            return fn(*full)
+
+        return jax.lax.map(one, per_client, batch_size=None if batch == 1 else batch)
+
+    return mapped

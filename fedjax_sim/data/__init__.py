@@ -1,0 +1,42 @@
+"""Federated data: sources, partitioners, and the stacked `FederatedData` a run trains on."""
+from __future__ import annotations
+
+import numpy as np
+
+from fedjax_sim.data.build import build_federated, resolve_partition, resolve_seed, validate_data_config
+from fedjax_sim.data.federated import FederatedData, stack_clients
+from fedjax_sim.data.partition import PARTITIONS
+from fedjax_sim.data.sources import DATASETS
+
+
+def _stats(n: np.ndarray) -> dict:
+    return {"min": int(n.min()), "mean": float(n.mean()), "max": int(n.max()), "total": int(n.sum())}
+
+
+def describe(data: FederatedData) -> dict:
+    """Sizes for summaries: per-client train/test row stats, padding, global test size."""
+    n_train, n_test = np.asarray(data.n_train), np.asarray(data.n_test)
+    return {
+        "name": data.name,
+        "num_clients": data.num_clients,
+        "num_classes": data.num_classes,
+        "feature_shape": list(data.feature_shape),
+        "train_per_client": _stats(n_train),
+        "test_per_client": _stats(n_test),
+        "max_train": data.max_train,
+        "padding_fraction": float(1.0 - n_train.sum() / max(n_train.size * data.max_train, 1)),
+        "global_test": int(np.shape(data.y_global)[0]),
+    }
+
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONS",
+    "FederatedData",
+    "build_federated",
+    "describe",
+    "resolve_partition",
+    "resolve_seed",
+    "validate_data_config",
+    "stack_clients",
+]

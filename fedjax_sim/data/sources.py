@@ -1,0 +1,209 @@
+"""Data sources: a pool of examples (and a test split when the dataset has one), as numpy.
+
+A loader is ``loader(cfg: DataConfig, rng: np.random.Generator) -> Source``. Nothing here touches
+the network: embedded sources are bundled or generated, and TFDS sources read prepared
+ArrayRecord files through ``tfds.data_source(..., download=False)`` (no TensorFlow needed).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import numpy as np
+
+from fedjax_sim.config import DataConfig
+from fedjax_sim.errors import ConfigError, DataUnavailableError
+
+SYNTHETIC_MAX_SAMPLES = 10_000
+
+
+class Source(NamedTuple):
+    """What a loader returns.
+
+    Attributes:
+      x_pool: [n, *feature_shape] float32 examples to partition over clients.
+      y_pool: [n] int32 labels.
+      x_test: [T, *feature_shape] float32 global test inputs, or None (then the builder holds out
+        a stratified `global_test_fraction` of the pool).
+      y_test: [T] int32, or None.
+      num_classes: number of classes (from the dataset's metadata, not the labels seen).
+      client_ids: [n] int client of each pool example for sources with their own clients
+        (`synthetic`), else None.
+      test_mask: [n] bool, True where the source itself puts the example in its client's test
+        split (`synthetic`: FedProx's 90/10), else None.
+    """
+
+    x_pool: np.ndarray
+    y_pool: np.ndarray
+    x_test: Optional[np.ndarray]
+    y_test: Optional[np.ndarray]
+    num_classes: int
+    client_ids: Optional[np.ndarray] = None
+    test_mask: Optional[np.ndarray] = None
+
+
+def load_digits(cfg: DataConfig, rng: np.random.Generator) -> Source:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): x [n, 8, 8, 1] in [0, 1].
+
+    No test split: the builder holds out `global_test_fraction`, stratified, with the data seed.
+    """
+    del cfg, rng
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    x = (digits.images.astype(np.float32) / 16.0)[..., None]
+    return Source(x, digits.target.astype(np.int32), None, None, 10)
+
+
+def synthetic_fedprox(num_clients: int, rng: np.random.Generator, *, alpha: float, beta: float,
+                      iid: bool, features: int = 60, num_classes: int = 10,
+                      max_samples: int = SYNTHETIC_MAX_SAMPLES):
+    """FedProx Synthetic(alpha, beta) (litian96/FedProx `generate_synthetic.py`, spec §2) [C].
+
+    Device k: n_k = floor(LogNormal(4, 2)) + 50; u_k ~ N(0, alpha); W_k ~ N(u_k, 1)^{d x 10},
+    b_k ~ N(u_k, 1)^10; B_k ~ N(0, beta); v_k ~ N(B_k, 1)^d; x ~ N(v_k, Sigma) with
+    Sigma = diag(j^-1.2), j = 1..d; y = argmax softmax(x W_k + b_k) = argmax(x W_k + b_k). The IID
+    variant shares W, b ~ N(0, 1) and draws x ~ N(0, Sigma). As in the code, alpha and beta are
+    *standard deviations* (numpy's `scale`).
+
+    Deviations [I]: n_k is clipped at `max_samples` (LogNormal(4, 2) has a heavy tail, e.g. a
+    1-in-1000 device has ~45,000 samples, and every client is padded to the largest); x is drawn as
+    v_k + sqrt(diag Sigma) * N(0, I), equal in distribution to the code's `multivariate_normal`.
+
+    Returns:
+      (x [n, d] float32, y [n] int32, client_ids [n] int32, W [C, d, K], b [C, K]); devices are
+      contiguous in client order.
+    """
+    sizes = np.minimum(rng.lognormal(4.0, 2.0, num_clients).astype(np.int64) + 50, max_samples)
+    std_x = np.arange(1, features + 1, dtype=np.float64) ** -0.6  # sqrt of j^-1.2
+    if iid:
+        w_shared = rng.normal(0.0, 1.0, (features, num_classes))
+        b_shared = rng.normal(0.0, 1.0, num_classes)
+    else:
+        u = rng.normal(0.0, alpha, num_clients)
+        big_b = rng.normal(0.0, beta, num_clients)
+    xs, ys, ws, bs = [], [], [], []
+    for k in range(num_clients):
+        if iid:
+            w, b, v = w_shared, b_shared, np.zeros(features)
+        else:
+            w = rng.normal(u[k], 1.0, (features, num_classes))
+            b = rng.normal(u[k], 1.0, num_classes)
+            v = rng.normal(big_b[k], 1.0, features)
+        # Labels from the float32 inputs we return, so y == argmax(x W + b) holds exactly.
+        x = (v + std_x * rng.standard_normal((sizes[k], features))).astype(np.float32)
+        xs.append(x)
+        ys.append(np.argmax(x.astype(np.float64) @ w + b, axis=1))
+        ws.append(w)
+        bs.append(b)
+    client_ids = np.repeat(np.arange(num_clients, dtype=np.int32), sizes)
+    return (np.concatenate(xs), np.concatenate(ys).astype(np.int32), client_ids,
+            np.stack(ws), np.stack(bs))
+
+
+def load_synthetic(cfg: DataConfig, rng: np.random.Generator) -> Source:
+    """FedProx Synthetic with one device per client (partition `natural`).
+
+    Each device's own split is FedProx's: the first floor(0.9 n_k) of its (i.i.d.) samples train,
+    the rest test [C]; `data.test_fraction` does not apply. The global test set is all devices'
+    test parts concatenated.
+    """
+    x, y, client_ids, _, _ = synthetic_fedprox(
+        cfg.num_clients, rng, alpha=cfg.synthetic_alpha, beta=cfg.synthetic_beta,
+        iid=cfg.synthetic_iid, features=cfg.synthetic_features)
+    sizes = np.bincount(client_ids, minlength=cfg.num_clients)
+    starts = np.cumsum(sizes) - sizes
+    position = np.arange(len(y)) - starts[client_ids]
+    test_mask = position >= (9 * sizes // 10)[client_ids]  # floor(0.9 n_k) train, exact in ints
+    return Source(x, y, x[test_mask], y[test_mask], 10, client_ids, test_mask)
+
+
+def _read_all(ds, chunk: int = 4096) -> list:
+    """All records of a TFDS data source, in batches when the source supports it."""
+    n = len(ds)
+    records: list = []
+    for start in range(0, n, chunk):
+        keys = list(range(start, min(start + chunk, n)))
+        try:
+            records.extend(ds.__getitems__(keys))
+        except (AttributeError, TypeError):
+            # No batch access (or tfds.testing.mock_data's mock, which binds no `self` to it).
+            records.extend(ds[i] for i in keys)
+    return records
+
+
+def _to_arrays(records) -> tuple[np.ndarray, np.ndarray]:
+    x = np.stack([np.asarray(r["image"]) for r in records]).astype(np.float32) / 255.0
+    y = np.array([int(r["label"]) for r in records], dtype=np.int32)
+    return x, y
+
+
+def _unavailable(name: str, data_dir: str, error: Exception) -> DataUnavailableError:
+    """One message: which dataset, where TFDS looked, how to prepare it."""
+    import tensorflow_datasets as tfds
+
+    where, prepared = data_dir or "the TFDS default (TFDS_DATA_DIR or ~/tensorflow_datasets)", False
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+        where, prepared = str(builder.data_dir), builder.is_prepared()
+    except Exception:  # noqa: BLE001 - the message below is the useful part
+        pass
+    target = data_dir or "DIR"
+    cause = (str(error).splitlines() or [""])[0][:200]
+    state = ("is prepared there without random access (TFRecord); rebuild it as ArrayRecord"
+             if prepared else "is not prepared there (no download is attempted)")
+    return DataUnavailableError(
+        f"dataset '{name}' {state}: looked in {where}. Prepare it once on a machine with network "
+        f"access: `pip install tensorflow && tfds build {name} --data_dir {target} "
+        f"--file_format=array_record` (or `python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.data_source('{name}', data_dir='{target}', download=True)\"`), then run with "
+        f"--set data.data_dir={target}." + (f" [TFDS: {type(error).__name__}: {cause}]" if prepared else ""))
+
+
+def load_tfds(name: str, cfg: DataConfig) -> Source:
+    """A TFDS image-classification dataset via random access: x [n, H, W, C] float32 in [0, 1].
+
+    Pool = the `train` split, global test = the `test` split; num_classes from the dataset info.
+    Raises DataUnavailableError when the ArrayRecord files are not on this machine.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise DataUnavailableError(
+            f"dataset '{name}' needs tensorflow-datasets: pip install tensorflow-datasets") from error
+    data_dir = cfg.data_dir or None
+    try:
+        train, test = (tfds.data_source(name, split=s, data_dir=data_dir, download=False)
+                       for s in ("train", "test"))
+    except Exception as error:  # noqa: BLE001 - TFDS raises several types for "not prepared"
+        raise _unavailable(name, cfg.data_dir, error) from error
+    x_pool, y_pool = _to_arrays(_read_all(train))
+    x_test, y_test = _to_arrays(_read_all(test))
+    num_classes = int(train.dataset_info.features["label"].num_classes)
+    return Source(x_pool, y_pool, x_test, y_test, num_classes)
+
+
+def _tfds_loader(name: str) -> Callable[[DataConfig, np.random.Generator], Source]:
+    def loader(cfg: DataConfig, rng: np.random.Generator) -> Source:
+        del rng
+        return load_tfds(name, cfg)
+
+    loader.__name__ = f"load_{name.replace('/', '_')}"
+    loader.__doc__ = f"TFDS `{name}` (see `load_tfds`)."
+    return loader
+
+
+TFDS_NAMES = ("mnist", "fashion_mnist", "emnist/balanced", "emnist/letters", "emnist/byclass",
+              "cifar10", "cifar100")
+
+DATASETS: dict[str, Callable[[DataConfig, np.random.Generator], Source]] = {
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+    **{name: _tfds_loader(name) for name in TFDS_NAMES},
+}
+
+
+def check_finite(*arrays: Optional[np.ndarray]) -> None:
+    """ConfigError (field ``data``) if any input holds NaN or inf."""
+    bad = sum(int(np.size(a) - np.count_nonzero(np.isfinite(a))) for a in arrays if a is not None)
+    if bad:
+        raise ConfigError("data", f"{bad} non-finite values (NaN/inf) in the inputs", "finite inputs only")

@@ -1,0 +1,176 @@
+"""Flax classifiers with a body/head split.
+
+Every classifier is ``logits = head(body(x))``: the body is the feature extractor, the head the
+classifier, so personalized algorithms (FedPer, FedRep, FedReMa, ...) can aggregate them
+differently. Parameters are ``{"body": ..., "head": ...}``; models stay free of training logic.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+class DenseStack(nn.Module):
+    """Dense layers with ReLU between them; ``relu_last`` also activates the last one."""
+
+    widths: Sequence[int]
+    relu_last: bool = True
+
+    @nn.compact
+    def __call__(self, h):
+        for i, width in enumerate(self.widths):
+            h = nn.Dense(width, name=f"dense_{i}")(h)
+            if self.relu_last or i < len(self.widths) - 1:
+                h = nn.relu(h)
+        return h
+
+
+class ConvFeatures(nn.Module):
+    """Conv -> ReLU -> 2x2 max-pool blocks, then flatten: [B, H, W, C] -> [B, F]."""
+
+    channels: Sequence[int]
+    kernel: int
+    padding: str = "SAME"
+
+    @nn.compact
+    def __call__(self, x):
+        for i, ch in enumerate(self.channels):
+            x = nn.Conv(ch, (self.kernel, self.kernel), padding=self.padding, name=f"conv_{i}")(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        return x.reshape(x.shape[0], -1)
+
+
+class Body(nn.Module):
+    """Feature extractor: optional conv features, flatten, then ReLU dense layers."""
+
+    conv_channels: Sequence[int]
+    kernel: int
+    padding: str
+    dense_widths: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        if self.conv_channels:
+            x = ConvFeatures(self.conv_channels, self.kernel, self.padding, name="features")(x)
+        else:
+            x = x.reshape(x.shape[0], -1)
+        if self.dense_widths:
+            x = DenseStack(self.dense_widths, relu_last=True, name="mlp")(x)
+        return x
+
+
+class Head(nn.Module):
+    """Classifier: dense layers with ReLU between them, the last one giving logits."""
+
+    widths: Sequence[int]
+
+    @nn.compact
+    def __call__(self, f):
+        return DenseStack(self.widths, relu_last=False, name="mlp")(f)
+
+
+class Model(NamedTuple):
+    """A classifier as pure functions.
+
+    init(key) -> {"body", "head"} params; apply(params, x [B, *feature_shape]) -> logits [B, K];
+    body_apply(body_params, x) -> features [B, feature_dim]; head_apply(head_params, f) -> logits.
+    ``dense_chain`` is True when the whole model is dense layers with ReLU between them (an MLP),
+    which lets `core.factored` train it without materializing per-client weights.
+    """
+
+    name: str
+    init: Callable[[jax.Array], Params]
+    apply: Callable[[Params, jax.Array], jax.Array]
+    body_apply: Callable[[Params, jax.Array], jax.Array]
+    head_apply: Callable[[Params, jax.Array], jax.Array]
+    feature_dim: int
+    dense_chain: bool
+
+
+def _split(widths: Sequence[int], head_layers: int):
+    if head_layers > len(widths):
+        raise ValueError(f"head_layers={head_layers} > {len(widths)} dense layers")
+    return list(widths[: len(widths) - head_layers]), list(widths[len(widths) - head_layers:])
+
+
+def make_classifier(name: str, feature_shape: tuple[int, ...], num_classes: int,
+                    conv_channels: Sequence[int] = (), kernel: int = 3, padding: str = "SAME",
+                    dense_widths: Sequence[int] = (), head_layers: int = 1) -> Model:
+    """Builds a split classifier: conv features + dense ``dense_widths`` + a ``num_classes`` layer.
+
+    The last ``head_layers`` dense layers (counting the logits layer) form the head.
+    """
+    body_widths, head_widths = _split([*dense_widths, num_classes], head_layers)
+    body = Body(tuple(conv_channels), kernel, padding, tuple(body_widths))
+    head = Head(tuple(head_widths))
+    sample = jnp.zeros((1, *feature_shape), jnp.float32)
+    feature_dim = int(jax.eval_shape(lambda: body.init_with_output(
+        jax.random.PRNGKey(0), sample)[0]).shape[-1])
+
+    def init(key):
+        kb, kh = jax.random.split(key)
+        return {"body": body.init(kb, sample)["params"],
+                "head": head.init(kh, jnp.zeros((1, feature_dim), jnp.float32))["params"]}
+
+    def body_apply(p, x):
+        return body.apply({"params": p}, x)
+
+    def head_apply(p, f):
+        return head.apply({"params": p}, f)
+
+    def apply(p, x):
+        return head_apply(p["head"], body_apply(p["body"], x))
+
+    return Model(name, init, apply, body_apply, head_apply, feature_dim, not conv_channels)
+
+
+def mlp(feature_shape, num_classes, hidden=(200, 200), head_layers=1) -> Model:
+    """MLP on flattened inputs: hidden ReLU layers + logits layer."""
+    return make_classifier("mlp", feature_shape, num_classes, dense_widths=hidden,
+                           head_layers=head_layers)
+
+
+def cnn(feature_shape, num_classes, head_layers=1) -> Model:
+    """The FedAvg CNN (McMahan et al. 2017): two conv+pool blocks (32, 64), fc 512, logits.
+
+    28x28 inputs use 5x5 kernels as in the paper; small inputs (8x8 digits) use 3x3 kernels. With
+    ``head_layers=2`` the head is fc512-ReLU-logits, the split FedReMa's "cnn" uses.
+    """
+    kernel = 5 if min(feature_shape[:2]) >= 16 else 3
+    return make_classifier("cnn", feature_shape, num_classes, conv_channels=(32, 64),
+                           kernel=kernel, dense_widths=(512,), head_layers=head_layers)
+
+
+def cifar_cnn(feature_shape, num_classes, head_layers=1) -> Model:
+    """Small CIFAR CNN (pfl-research's simple_cnn shape): conv32-pool-conv64-pool-fc128-logits."""
+    return make_classifier("cifar_cnn", feature_shape, num_classes, conv_channels=(32, 64),
+                           kernel=3, dense_widths=(128,), head_layers=head_layers)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn}
+
+
+def dense_chain_layers(params: Params) -> list[dict]:
+    """The dense layers of a ``dense_chain`` model in forward order: [{"kernel", "bias"}, ...]."""
+    layers = []
+    for part in ("body", "head"):
+        stack = params[part].get("mlp", {})
+        layers += [stack[f"dense_{i}"] for i in range(len(stack))]
+    return layers
+
+
+def with_dense_chain_layers(params: Params, layers: list[dict]) -> Params:
+    """Inverse of `dense_chain_layers`: the same params tree with ``layers`` put in place."""
+    out = {"body": dict(params["body"]), "head": dict(params["head"])}
+    i = 0
+    for part in ("body", "head"):
+        stack = params[part].get("mlp", {})
+        if stack:
+            out[part]["mlp"] = {f"dense_{j}": layers[i + j] for j in range(len(stack))}
+            i += len(stack)
+    return out
