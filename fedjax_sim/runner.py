@@ -182,8 +182,13 @@ def run(cfg: config_lib.Config, progress: bool = True, data=None, prep: Prepared
                 f.write(json.dumps({"round": bad, "train_loss": None, "status": "diverged"}) + "\n")
             break
         done = lo + count
-        rec, per_client = log_eval(done, {"train_loss": float(losses[-1]),
-                                          "train_loss_mean": float(np.mean(losses))})
+        logged = {}
+        for name, values in metrics.items():
+            values = np.asarray(values)[:count]
+            if name != "samples" and values.ndim == 1:
+                logged[name] = float(values[-1])
+                logged[f"{name}_mean"] = float(np.mean(values))
+        rec, per_client = log_eval(done, logged)
         if bar is not None:
             bar.update(count)
             bar.set_postfix(acc=f"{rec.get('global_accuracy', rec['personalized_accuracy']):.3f}")
@@ -193,6 +198,8 @@ def run(cfg: config_lib.Config, progress: bool = True, data=None, prep: Prepared
     final = {k: v for k, v in rec.items() if k != "round"}
     final["personalized_accuracy_per_client"] = per_client
     final["loss"] = rec.get("global_loss", rec.get("personalized_loss"))
+    if alg.report is not None:
+        final.update(_host(jax.jit(alg.report)(state)))
     summary = {
         "algorithm": cfg.algorithm,
         "dataset": cfg.data.dataset,

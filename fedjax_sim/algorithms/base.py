@@ -7,6 +7,11 @@ An algorithm is a bundle of pure functions; the runner never knows which one it 
   global_params(state) -> params                        None when there is no global model
   client_params(state, data, key) -> params [C, ...]    each client's own model; None when every
                                                         client uses the global model
+  report(state) -> dict                                 optional algorithm-specific scalars for
+                                                        summary.json's ``final`` (e.g. FedReMa's
+                                                        CCP end round); None when there are none
+Every scalar a round returns in ``metrics`` is logged to metrics.jsonl at evaluation points
+(the value of the last round of the block, and ``<name>_mean`` over the block).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class Algorithm(NamedTuple):
     global_params: Callable[[State], Any] | None
     client_params: Callable[[State, Any, jax.Array], Any] | None
     info: dict
+    report: Callable[[State], dict] | None = None
 
 
 class BuildContext(NamedTuple):
