@@ -81,7 +81,9 @@ def make_factored_train(schedule: Schedule, max_n: int, lr: float, prox_mu: floa
             new_biases = []
             for i, (h, g) in enumerate(zip(inputs, grads)):
                 a_fac[i] = jax.lax.dynamic_update_slice(a_fac[i], h, (t * b_size, 0))
-                g_fac[i] = jax.lax.dynamic_update_slice(g_fac[i] * decay, lr * g, (t * b_size, 0))
+                # (the static check skips a full [R, out] rescale per step when there is no prox)
+                old_g = g_fac[i] * decay if prox_mu > 0 else g_fac[i]
+                g_fac[i] = jax.lax.dynamic_update_slice(old_g, lr * g, (t * b_size, 0))
                 start = bias0[i]
                 new_biases.append(start + decay * (biases[i] - start) - lr * jnp.sum(g, 0))
             return (a_fac, g_fac, new_biases), (loss * active, active)
