@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedjax-sim", description="JAX-vectorized federated learning simulator")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="run an experiment (default: FedAvg vs Local on digits)")
-    r.add_argument("--algorithm", default=DEFAULT_ALGORITHMS,
+    r.add_argument("--algorithm", default=None,
                    help=f"registered algorithm, or several separated by commas (default {DEFAULT_ALGORITHMS})")
     r.add_argument("--dataset", help="data source (default digits, embedded)")
     r.add_argument("--partition", help="partitioner (default auto: dirichlet_label, alpha 0.3)")
@@ -80,10 +80,22 @@ def config_from_args(a) -> "Config":
         cfg = config_lib.Config()
     for flag, field in RUN_FLAGS.items():
         value = getattr(a, flag)
-        if value is not None and not (flag == "algorithm" and "," in value):
+        if value is not None and flag != "algorithm":
             config_lib.set_field(cfg, field, value)
     config_lib.apply_overrides(cfg, a.set)
     return cfg
+
+
+def _algorithm_given(a) -> bool:
+    """Whether --set or --config chose the algorithm (then the default comparison is not run)."""
+    if any(item.split("=", 1)[0].strip() == "algorithm" for item in a.set):
+        return True
+    if a.config:
+        try:
+            return "algorithm" in json.loads(Path(a.config).read_text())
+        except (OSError, ValueError):
+            return False
+    return False
 
 
 def cmd_run(a) -> int:
@@ -91,7 +103,17 @@ def cmd_run(a) -> int:
     from fedjax_sim import runner
 
     cfg = config_from_args(a)
-    algorithms = [s.strip() for s in a.algorithm.split(",") if s.strip()] if a.algorithm else [cfg.algorithm]
+    if a.algorithm is not None:
+        algorithms = [s.strip() for s in a.algorithm.split(",") if s.strip()]
+    elif _algorithm_given(a):
+        algorithms = [cfg.algorithm]
+    else:
+        algorithms = DEFAULT_ALGORITHMS.split(",")
+    if not algorithms:
+        raise ConfigError("--algorithm", a.algorithm, "one or more registered names separated by commas")
+    dupes = sorted({n for n in algorithms if algorithms.count(n) > 1})
+    if dupes:
+        raise ConfigError("--algorithm", a.algorithm, f"each name once (repeated: {', '.join(dupes)})")
     base_out = a.out or cfg.out or runner._default_out(dataclasses.replace(cfg, algorithm="-".join(algorithms)))
     preps = []
     for name in algorithms:  # validate every run before running (and compiling) any
@@ -101,6 +123,8 @@ def cmd_run(a) -> int:
         runner.check_out_dir(out)
         data = preps[0].data if preps and c.data == preps[0].config.data else None
         preps.append(runner.prepare(c, data))
+    if len(algorithms) > 1 and any(Path(base_out, f).exists() for f in ("results.md", "comparison.png")):
+        raise ConfigError("--out", base_out, "a new directory (it holds an earlier comparison's results.md)")
     summaries = []
     for prep in preps:
         summaries.append(runner.run(prep.config, progress=not a.no_progress, prep=prep))

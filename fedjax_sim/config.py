@@ -82,6 +82,32 @@ class ServerConfig:
 
 
 @dataclasses.dataclass
+class FedReMaConfig:
+    """FedReMa and its personalized baselines (specs/fedrema.md).
+
+    delta: CCP end threshold in (0, 1]: the CCP ends when the mean MDS gap < delta * its running max.
+    sim_type: ``probe`` (one random uniform feature-space probe per reference client, the code's
+      default) or ``proto`` (global class prototypes as probes).
+    t_ref / t_peer: softmax temperatures of the reference client and of its peers (probe).
+    probe_scale: probes are Uniform[0, probe_scale)^d.
+    ablation: none | no_ccp (MDS every round) | no_history (after the CCP, uniform over every peer
+      ever chosen) | random_peers (random peer sets of the size MDS chose).
+    official_index_bug / official_inplace_mixing: replicate the official code's two bugs (§7.1, §7.2).
+    head_epochs: fedrep's head epochs per round (before local.epochs body epochs).
+    """
+
+    delta: float = 0.5
+    sim_type: str = "probe"
+    t_ref: float = 0.5
+    t_peer: float = 1.0
+    probe_scale: float = 0.5
+    ablation: str = "none"
+    official_index_bug: bool = False
+    official_inplace_mixing: bool = False
+    head_epochs: int = 1
+
+
+@dataclasses.dataclass
 class Config:
     """A whole run."""
 
@@ -98,6 +124,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     local: LocalConfig = dataclasses.field(default_factory=LocalConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    fedrema: FedReMaConfig = dataclasses.field(default_factory=FedReMaConfig)
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -255,3 +282,13 @@ def validate(cfg: Config) -> None:
     _check(0 <= s.momentum < 1, "server.momentum", s.momentum, "a number in [0, 1)")
     _check(s.weighting in ("samples", "uniform"), "server.weighting", s.weighting, "samples or uniform")
     _check(s.prox_mu >= 0, "server.prox_mu", s.prox_mu, "a number >= 0")
+    fr = cfg.fedrema
+    _check(0 < fr.delta <= 1, "fedrema.delta", fr.delta, "a number in (0, 1]")
+    _check(fr.sim_type in ("probe", "proto"), "fedrema.sim_type", fr.sim_type, "probe or proto")
+    _check(fr.t_ref > 0 and math.isfinite(fr.t_ref), "fedrema.t_ref", fr.t_ref, "a finite number > 0")
+    _check(fr.t_peer > 0 and math.isfinite(fr.t_peer), "fedrema.t_peer", fr.t_peer, "a finite number > 0")
+    _check(fr.probe_scale > 0 and math.isfinite(fr.probe_scale), "fedrema.probe_scale", fr.probe_scale,
+           "a finite number > 0")
+    ablations = ("none", "no_ccp", "no_history", "random_peers")
+    _check(fr.ablation in ablations, "fedrema.ablation", fr.ablation, "one of " + ", ".join(ablations))
+    _check(fr.head_epochs >= 1, "fedrema.head_epochs", fr.head_epochs, "an integer >= 1")

@@ -1,0 +1,275 @@
+"""The `fedjax-sim` command: one end-to-end subprocess run, then `main([...])` in-process for
+listing, benchmarking, bad input (exit 2, one line naming field and value, nothing written)
+and divergence (exit 3, what was written is kept)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedjax_sim import cli, runner
+from fedjax_sim.data import sources
+from fedjax_sim.errors import ConfigError
+
+SUMMARY_KEYS = {"algorithm", "dataset", "config", "rounds_completed", "final", "timing", "status"}
+TIMING_KEYS = {"compile_seconds", "train_seconds", "samples_per_second"}
+TINY = ["--clients", "3", "--rounds", "1", "--set", "model.hidden=4", "--set", "eval_every=1",
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own directory, so a stray default `runs/` would be seen."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).with_name("fedjax-sim")
+    found = str(script) if script.exists() else shutil.which("fedjax-sim")
+    assert found, "the fedjax-sim console script is not installed"
+    return [found]
+
+
+def _check_run_dir(path: Path, algorithm: str, clients: int, rounds: int, has_global: bool):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "accuracy.png"):
+        assert (path / name).is_file(), f"{path / name} missing"
+    config = json.loads((path / "config.json").read_text())
+    assert config["algorithm"] == algorithm and config["rounds"] == rounds
+    records = [json.loads(l) for l in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(rounds + 1))  # eval_every=1, plus round 0
+    summary = json.loads((path / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["algorithm"] == algorithm and summary["dataset"] == "digits"
+    assert summary["rounds_completed"] == rounds and summary["status"] == "ok"
+    assert summary["config"]["algorithm"] == algorithm
+    final = summary["final"]
+    assert ("global_accuracy" in final) == has_global
+    assert 0.0 <= final["personalized_accuracy"] <= 1.0
+    assert len(final["personalized_accuracy_per_client"]) == clients
+    assert np.isfinite(final["loss"])
+    assert set(summary["timing"]) == TIMING_KEYS
+    assert summary["timing"]["samples_per_second"] > 0
+
+
+def test_end_to_end_console_script(tmp_path):
+    """`fedjax-sim run` with two algorithms writes a run directory per algorithm with the
+    documented files and summary keys, plus results.md and comparison.png."""
+    out = tmp_path / "cmp"
+    proc = subprocess.run(
+        _console_script() + ["run", "--algorithm", "fedavg,local", "--clients", "5", "--rounds", "2",
+                             "--set", "eval_every=1", "--set", "model.hidden=8", "--out", str(out),
+                             "--no-progress"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_run_dir(out / "fedavg", "fedavg", 5, 2, has_global=True)
+    _check_run_dir(out / "local", "local", 5, 2, has_global=False)
+    assert (out / "comparison.png").is_file()
+    table = (out / "results.md").read_text()
+    assert "fedavg" in table and "local" in table
+    assert "fedavg" in proc.stdout and str(out) in proc.stdout
+
+
+def test_list_names_algorithms_datasets_partitions(capsys):
+    """`list` prints every registered algorithm, the datasets and the partitions."""
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fedavg", "fedprox", "scaffold", "local", "fedavg_ft", "digits", "synthetic",
+                 "dirichlet_label", "iid", "pathological", "local.lr"):
+        assert name in out, name
+
+
+def test_bench_prints_one_json_line(capsys):
+    """`bench --json` on a tiny workload prints exactly one JSON line with the throughput keys."""
+    rc = cli.main(["bench", "--features", "8", "--hidden", "8", "--clients", "6", "--cohort", "3",
+                   "--examples-per-client", "8", "--batch-size", "4", "--rounds", "2",
+                   "--repeats", "1", "--json"])
+    assert rc == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("samples_per_second", "compile_seconds", "seconds_per_round",
+                "centralized_samples_per_second", "efficiency"):
+        assert key in result and result[key] > 0, key
+    assert result["workload"]["clients"] == 6 and result["workload"]["cohort"] == 3
+
+
+BAD_RUNS = [
+    (["--algorithm", "nosuch"], "algorithm", "nosuch"),
+    (["--algorithm", "fedavg,nosuch"], "algorithm", "nosuch"),
+    (["--dataset", "nosuch"], "data.dataset", "nosuch"),
+    (["--set", "local.nosuch=1"], "local.nosuch", "1"),
+    (["--set", "nosuch=1"], "nosuch", "1"),
+    (["--rounds", "abc"], "rounds", "abc"),
+    (["--set", "local.lr=fast"], "local.lr", "fast"),
+    (["--clients", "0"], "data.num_clients", "0"),
+    (["--rounds", "-1"], "rounds", "-1"),
+    (["--set", "local.batch_size=0"], "local.batch_size", "0"),
+    (["--clients", "5000"], "data.num_clients", "5000"),
+    (["--set", "data.alpha=0"], "data.alpha", "0"),
+    (["--set", "local.lr=nan"], "local.lr", "nan"),
+    (["--cohort", "9"], "cohort", "9"),
+]
+
+
+def _assert_config_error(capsys, rc, field, value):
+    captured = capsys.readouterr()
+    lines = [l for l in captured.err.splitlines() if l.strip()]
+    assert rc == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert field in lines[0] and value in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,field,value", BAD_RUNS, ids=[" ".join(a) for a, _, _ in BAD_RUNS])
+def test_bad_run_input_exits_2_naming_field_and_value(args, field, value, tmp_path, capsys):
+    """Bad input: exit code 2, one stderr line with the field and the value, no directory."""
+    out = tmp_path / "out"
+    base = ["run", "--clients", "3", "--rounds", "1", "--set", "model.hidden=4", "--no-progress",
+            "--out", str(out)]
+    rc = cli.main(base + args)
+    _assert_config_error(capsys, rc, field, value)
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def _nan_digits(cfg, rng):
+    src = sources.load_digits(cfg, rng)
+    x = src.x_pool.copy()
+    x[5, 3, 3, 0] = np.nan
+    return src._replace(x_pool=x)
+
+
+def test_nan_in_data_exits_2_naming_data(tmp_path, capsys, monkeypatch):
+    """A NaN in the source data is refused before training, naming the `data` field."""
+    monkeypatch.setitem(sources.DATASETS, "digits", _nan_digits)
+    out = tmp_path / "out"
+    rc = cli.main(["run", "--algorithm", "fedavg", "--out", str(out)] + TINY)
+    line = _assert_config_error(capsys, rc, "data", "non-finite")
+    assert line.startswith("fedjax-sim: error: data=")
+    assert not out.exists()
+
+
+def test_check_finite_names_data_field():
+    """check_finite raises a ConfigError for the `data` field on NaN or inf, and passes finite."""
+    sources.check_finite(np.zeros(3), None)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ConfigError) as err:
+            sources.check_finite(np.zeros(3), np.array([1.0, bad]))
+        assert err.value.field == "data"
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_out_dir_holding_a_run_is_refused(tmp_path, capsys):
+    """--out pointing at an earlier run's directory: exit 2 naming --out; nothing changes."""
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (out / name).write_text(f"earlier run's {name}\n")
+    before = _snapshot(out)
+    rc = cli.main(["run", "--algorithm", "fedavg", "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "--out", str(out))
+    assert _snapshot(out) == before
+
+
+def test_multi_algorithm_out_dir_holding_a_run_is_refused(tmp_path, capsys):
+    """--out pointing at an earlier comparison (one of whose algorithms is asked again): exit 2
+    before anything runs, so no sibling run directory is created."""
+    out = tmp_path / "old"
+    (out / "local").mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (out / "local" / name).write_text(f"earlier run's {name}\n")
+    (out / "results.md").write_text("earlier table\n")
+    before = _snapshot(out)
+    rc = cli.main(["run", "--algorithm", "fedavg,local", "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "--out", "local")
+    assert _snapshot(out) == before and not (out / "fedavg").exists()
+
+
+def _refuse_to_run(*args, **kwargs):
+    raise AssertionError("runner.run was reached: the command should have refused its input")
+
+
+def test_new_comparison_into_an_earlier_comparison_dir_is_refused(tmp_path, capsys, monkeypatch):
+    """--out holding an earlier comparison (results.md, comparison.png, per-algorithm runs) with
+    a different algorithm set: refused up front (exit 2, naming --out), since running would
+    overwrite the earlier results.md and comparison.png. (runner.run is stubbed out: the refusal
+    must come before any run; without it the stub fails the test instead of training.)"""
+    monkeypatch.setattr(runner, "run", _refuse_to_run)
+    out = tmp_path / "old"
+    for alg in ("fedavg", "local"):
+        (out / alg).mkdir(parents=True)
+        for name in ("config.json", "metrics.jsonl", "summary.json"):
+            (out / alg / name).write_text(f"earlier {alg} run's {name}\n")
+    (out / "results.md").write_text("earlier table\n")
+    (out / "comparison.png").write_bytes(b"earlier plot")
+    before = _snapshot(out)
+    rc = cli.main(["run", "--algorithm", "fedprox,scaffold", "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "--out", str(out))
+    assert _snapshot(out) == before
+
+
+def test_duplicate_algorithm_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    """`--algorithm fedavg,fedavg` would write two runs into one directory: refused up front
+    (exit 2), not after the first run has trained and written its results."""
+    monkeypatch.setattr(runner, "run", _refuse_to_run)
+    out = tmp_path / "dup"
+    rc = cli.main(["run", "--algorithm", "fedavg,fedavg", "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "fedavg", "fedavg")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("source", ["--set", "--config"])
+def test_algorithm_from_set_or_config_file_is_used(source, tmp_path, capsys, monkeypatch):
+    """`--set algorithm=NAME` and a --config file's algorithm choose the algorithm (the default
+    --algorithm list must not silently replace them): an unknown name there is exit 2."""
+    monkeypatch.setattr(runner, "run", _refuse_to_run)
+    if source == "--set":
+        extra = ["--set", "algorithm=nosuch"]
+    else:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({"algorithm": "nosuch", "rounds": 1}))
+        extra = ["--config", str(path)]
+    rc = cli.main(["run", "--out", str(tmp_path / "out")] + TINY + extra)
+    _assert_config_error(capsys, rc, "algorithm", "nosuch")
+
+
+BAD_BENCH = [
+    (["--clients", "0"], "--clients", "0"),
+    (["--cohort", "10", "--clients", "5"], "--cohort", "10"),
+    (["--hidden", "8,x"], "--hidden", "8,x"),
+    (["--batch-size", "0"], "--batch-size", "0"),
+]
+
+
+@pytest.mark.parametrize("args,field,value", BAD_BENCH, ids=[" ".join(a) for a, _, _ in BAD_BENCH])
+def test_bad_bench_input_exits_2(args, field, value, capsys):
+    """bench with an impossible workload: exit code 2 and one line naming the flag and value."""
+    rc = cli.main(["bench", "--features", "4", "--hidden", "4", "--clients", "6", "--cohort", "3",
+                   "--rounds", "1", "--repeats", "1", "--json"] + args)
+    _assert_config_error(capsys, rc, field, value)
+
+
+def test_diverged_run_exits_3_and_keeps_its_files(tmp_path, capsys):
+    """A loss that goes non-finite stops the run with exit code 3 and a message saying it
+    diverged; config.json, metrics.jsonl and summary.json (status diverged) are kept."""
+    out = tmp_path / "div"
+    rc = cli.main(["run", "--algorithm", "fedavg", "--clients", "3", "--rounds", "2",
+                   "--set", "eval_every=1", "--set", "model.hidden=4", "--set", "local.lr=1e30",
+                   "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "diverged" in err
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["rounds_completed"] == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "diverged" and last["round"] == 1
