@@ -275,7 +275,7 @@ def validate(cfg: Config) -> None:
     _check(loc.clip_norm >= 0, "local.clip_norm", loc.clip_norm, "a number >= 0 (0 = off)")
     forms = ("auto", "materialized", "factored")
     _check(loc.formulation in forms, "local.formulation", loc.formulation, "one of " + ", ".join(forms))
-    _check(loc.finetune_epochs >= 0, "local.finetune_epochs", loc.finetune_epochs, "an integer >= 0")
+    _check(loc.finetune_epochs >= 1, "local.finetune_epochs", loc.finetune_epochs, "an integer >= 1")
     s = cfg.server
     _check(s.optimizer in opts, "server.optimizer", s.optimizer, "one of " + ", ".join(opts))
     _check(s.lr > 0 and math.isfinite(s.lr), "server.lr", s.lr, "a finite number > 0")

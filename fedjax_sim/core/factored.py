@@ -13,7 +13,7 @@ clients and a layer with shared kernel W:
 
 Per-client [in, out] kernels, their gradients and their updates are never formed; that memory
 traffic is what makes plain vmap of per-client training slow on CPU (docs/performance.md). The
-result is the same model as `core.local` up to float reassociation (tests/test_factored.py).
+result is the same model as `core.local` up to float reassociation (tests/test_core.py).
 
 Eligible: a ``dense_chain`` model (MLP), plain SGD (no momentum/Adam/weight decay/clipping),
 gradient corrections that are a uniform pull to the start point (FedProx: ``prox_mu``).
