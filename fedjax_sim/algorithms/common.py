@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from fedjax_sim.core.local import LocalStats, make_optimizer
 from fedjax_sim.core.sampling import gather, sample_cohort
+from fedjax_sim.errors import ConfigError
 
 
 def select_cohort(key, data, cohort: int):
@@ -36,3 +37,19 @@ def server_opt(cfg):
 def local_opt(cfg):
     return make_optimizer(cfg.local.optimizer, cfg.local.lr, cfg.local.momentum,
                           cfg.local.weight_decay)
+
+
+def require_body_head(ctx, name: str):
+    """Params shapes of ``ctx.model``; ConfigError (before any compile) unless both its body and its
+    head have parameters, which every body/head-split algorithm needs."""
+    try:
+        params = jax.eval_shape(ctx.model.init, jax.random.PRNGKey(0))
+    except (KeyError, ValueError):  # e.g. a body without any layer has no "params" collection
+        params = None
+    ok = (isinstance(params, dict) and "body" in params and "head" in params
+          and len(jax.tree.leaves(params["body"])) > 0 and len(jax.tree.leaves(params["head"])) > 0)
+    if not ok:
+        raise ConfigError("model.head_layers", ctx.config.model.head_layers,
+                          f"a body/head split with parameters in both parts for {name} (model "
+                          f"{ctx.model.name!r}: use fewer head layers than the model's dense layers)")
+    return params

@@ -21,25 +21,13 @@ from fedjax_sim.aggregators.relevance import (RelevanceContext, class_prototypes
                                               probe_similarity, proto_similarity, relevance_matching,
                                               uniform_probes)
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
-from fedjax_sim.algorithms.common import client_weights, local_opt, round_metrics, select_cohort
+from fedjax_sim.algorithms.common import (client_weights, local_opt, require_body_head,
+                                          round_metrics, select_cohort)
 from fedjax_sim.core.local import make_local_train
 from fedjax_sim.core.mapping import map_clients
 from fedjax_sim.core.sampling import gather, scatter
 from fedjax_sim.errors import ConfigError
 
-
-def _require_body_head(ctx: BuildContext, name: str) -> None:
-    """The model must have parameters in both its body and its head (checked without compiling)."""
-    try:
-        params = jax.eval_shape(ctx.model.init, jax.random.PRNGKey(0))
-    except (KeyError, ValueError):  # e.g. a body without any layer has no "params" collection
-        params = None
-    ok = (isinstance(params, dict) and "body" in params and "head" in params
-          and len(jax.tree.leaves(params["body"])) > 0 and len(jax.tree.leaves(params["head"])) > 0)
-    if not ok:
-        raise ConfigError("model.head_layers", ctx.config.model.head_layers,
-                          f"a body/head split with parameters in both parts for {name} (model "
-                          f"{ctx.model.name!r}: use fewer head layers than the model's dense layers)")
 
 
 def _fedrema(ctx: BuildContext, name: str, ablation: str | None = None) -> Algorithm:
@@ -52,7 +40,7 @@ def _fedrema(ctx: BuildContext, name: str, ablation: str | None = None) -> Algor
         field, value = ("cohort", cfg.cohort) if cfg.cohort else ("data.num_clients", ctx.data.num_clients)
         raise ConfigError(field, value, f"at least 3 clients per round for {name} "
                                         "(MDS needs >= 3 participants)")
-    _require_body_head(ctx, name)
+    require_body_head(ctx, name)
     opt = local_opt(cfg)
     train = make_local_train(model.apply, opt, ctx.local.schedule, ctx.local.max_n,
                              clip_norm=cfg.local.clip_norm)

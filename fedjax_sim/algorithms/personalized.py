@@ -19,26 +19,12 @@ import optax
 from fedjax_sim.aggregators import weighted_mean
 from fedjax_sim.aggregators.relevance import mix_heads
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
-from fedjax_sim.algorithms.common import client_weights, local_opt, round_metrics, select_cohort
+from fedjax_sim.algorithms.common import (client_weights, local_opt, require_body_head,
+                                          round_metrics, select_cohort)
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.mapping import map_clients
 from fedjax_sim.core.sampling import gather, scatter
-from fedjax_sim.errors import ConfigError
 
-
-def _require_body_head(ctx: BuildContext, name: str):
-    """Params shapes; the model must have parameters in both body and head."""
-    try:
-        params = jax.eval_shape(ctx.model.init, jax.random.PRNGKey(0))
-    except (KeyError, ValueError):  # e.g. a body without any layer has no "params" collection
-        params = None
-    ok = (isinstance(params, dict) and "body" in params and "head" in params
-          and len(jax.tree.leaves(params["body"])) > 0 and len(jax.tree.leaves(params["head"])) > 0)
-    if not ok:
-        raise ConfigError("model.head_layers", ctx.config.model.head_layers,
-                          f"a body/head split with parameters in both parts for {name} (model "
-                          f"{ctx.model.name!r}: use fewer head layers than the model's dense layers)")
-    return params
 
 
 def _phase_optimizer(opt, params_shape, trained: str) -> optax.GradientTransformation:
@@ -51,7 +37,7 @@ def _phase_optimizer(opt, params_shape, trained: str) -> optax.GradientTransform
 def _split_family(ctx: BuildContext, name: str, head_rule: str) -> Algorithm:
     """head_rule: ``local`` (FedPer), ``mean`` (head_avg) or ``fedrep`` (two-phase, heads local)."""
     cfg, model = ctx.config, ctx.model
-    shapes = _require_body_head(ctx, name)
+    shapes = require_body_head(ctx, name)
     base_opt = local_opt(cfg)
     strategy, chunk = ctx.local.strategy, ctx.local.chunk_size
     if head_rule == "fedrep":
