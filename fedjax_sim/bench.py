@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_sim import config as config_lib
-from fedjax_sim.core.local import Schedule, make_local_train, make_optimizer
-from fedjax_sim.data.federated import FederatedData
+from fedjax_sim.core.driver import make_block, round_inputs
+from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.optim import make_optimizer
+from fedjax_sim.data.federated import make_federated
 from fedjax_sim.errors import ConfigError
 from fedjax_sim.runner import prepare
-from fedjax_sim.core.driver import make_block
 
 
 def synthetic_workload(clients: int, examples: int, features: int, classes: int, seed: int = 0):
@@ -31,8 +32,8 @@ def synthetic_workload(clients: int, examples: int, features: int, classes: int,
     y = rng.integers(0, classes, size=(clients, examples), dtype=np.int32)
     n = np.full((clients,), examples, np.int32)
     one = np.ones((clients,), np.int32)
-    return FederatedData(x, y, n, x[:, :1], y[:, :1], one, x[0, :1], y[0, :1],
-                         num_classes=classes, name="bench-synthetic")
+    return make_federated(x, y, n, x[:, :1], y[:, :1], one, x[0, :1], y[0, :1],
+                          num_classes=classes, name="bench-synthetic")
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -48,7 +49,8 @@ def bench(model: str = "mlp", features: int = 784, hidden=(200, 200), classes: i
           clients: int = 1000, cohort: int = 100, examples_per_client: int = 64,
           batch_size: int = 16, local_epochs: int = 1, lr: float = 0.05, rounds: int = 5,
           repeats: int = 5, client_mapping: str = "auto", chunk_size: int = 0,
-          formulation: str = "auto", seed: int = 0) -> dict:
+          formulation: str = "auto", seed: int = 0, optimizer: str = "sgd",
+          momentum: float = 0.9) -> dict:
     for name, value, low in (("--features", features, 1), ("--classes", classes, 2),
                              ("--clients", clients, 1), ("--cohort", cohort, 1),
                              ("--examples-per-client", examples_per_client, 1),
@@ -63,7 +65,8 @@ def bench(model: str = "mlp", features: int = 784, hidden=(200, 200), classes: i
     cfg = config_lib.Config(algorithm="fedavg", rounds=rounds, cohort=cohort, seed=seed,
                             client_mapping=client_mapping, chunk_size=chunk_size)
     cfg.model.name, cfg.model.hidden = "mlp", tuple(hidden)
-    cfg.local.optimizer, cfg.local.lr, cfg.local.batch_size = "sgd", lr, batch_size
+    cfg.local.optimizer, cfg.local.lr, cfg.local.batch_size = optimizer, lr, batch_size
+    cfg.local.momentum = momentum
     cfg.local.epochs, cfg.local.formulation = local_epochs, formulation
     cfg.server.optimizer, cfg.server.lr, cfg.server.weighting = "sgd", 1.0, "uniform"
     cfg.data.num_clients = clients
@@ -73,17 +76,16 @@ def bench(model: str = "mlp", features: int = 784, hidden=(200, 200), classes: i
     alg = prep.algorithm
     key = jax.random.PRNGKey(seed)
     state = jax.jit(alg.init)(key, data)
-    block_fn = make_block(alg.round, state, data, key)
-    keys = jax.random.split(key, rounds)
-    active = jnp.ones((rounds,), bool)
+    inputs = round_inputs(jax.random.split(key, rounds), 0, rounds, rounds)
+    block_fn = make_block(alg.round, state, data, jax.tree.map(lambda a: a[0], inputs))
 
     t0 = time.perf_counter()
-    block = jax.jit(block_fn).lower(state, data, keys, active).compile()
+    block = jax.jit(block_fn).lower(state, data, inputs).compile()
     compile_s = time.perf_counter() - t0
     holder = {"state": state}
 
     def fl_call():
-        holder["state"], m = block(holder["state"], data, keys, active)
+        holder["state"], m = block(holder["state"], data, inputs)
         return holder["state"]
 
     jax.block_until_ready(fl_call())  # warm-up
@@ -93,13 +95,13 @@ def bench(model: str = "mlp", features: int = 784, hidden=(200, 200), classes: i
     # Centralized: the same model, optimizer and step on the pooled samples of `cohort` clients,
     # batch = cohort x local batch, as many steps as the FL rounds took.
     pooled = cohort * examples_per_client
-    xc = data.x_train[:cohort].reshape(pooled, features)
-    yc = data.y_train[:cohort].reshape(pooled)
+    rows = {"x": data.train["x"][:cohort].reshape(pooled, features),
+            "y": data.train["y"][:cohort].reshape(pooled)}
     sched = Schedule.make(pooled, cohort * batch_size, rounds * local_epochs, 0)
-    opt = make_optimizer("sgd", lr)
-    central = make_local_train(prep.model.apply, opt, sched, pooled)
+    opt = make_optimizer(optimizer, lr, momentum=momentum).transform
+    central = make_local_train(prep.task.loss, opt, sched, pooled)
     params = alg.global_params(state)
-    c_fn = jax.jit(lambda p, k: central(p, opt.init(p), xc, yc, jnp.int32(pooled), k)[0])
+    c_fn = jax.jit(lambda p, k: central(p, opt.init(p), rows, jnp.int32(pooled), k)[0])
     t0 = time.perf_counter()
     c_comp = c_fn.lower(params, key).compile()
     central_compile = time.perf_counter() - t0
@@ -121,8 +123,9 @@ def bench(model: str = "mlp", features: int = 784, hidden=(200, 200), classes: i
                      "clients": clients, "cohort": cohort, "examples_per_client": examples_per_client,
                      "batch_size": batch_size, "local_epochs": local_epochs, "lr": lr,
                      "rounds": rounds, "repeats": repeats},
-        "engine": {"client_mapping": prep.local.strategy, "chunk_size": prep.local.chunk_size,
-                   "formulation": alg.info.get("formulation"), "local_steps": prep.local.schedule.num_steps},
+        "engine": {"client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
+                   "formulation": alg.info.get("formulation"), "local_steps": prep.schedule.num_steps,
+                   "optimizer": optimizer},
         "platform": {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
                      "jax": jax.__version__, "cpus": os.cpu_count(), "python": platform.python_version()},
     }

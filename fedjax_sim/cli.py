@@ -62,11 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--client-mapping", default="auto", help="auto | vmap | chunked | sequential")
     b.add_argument("--chunk-size", type=int, default=0)
     b.add_argument("--formulation", default="auto", help="auto | materialized | factored")
+    b.add_argument("--optimizer", default="sgd", help="client optimizer (fedjax-sim list)")
+    b.add_argument("--momentum", type=float, default=0.9, help="with --optimizer momentum")
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     return p
 
 
 def config_from_args(a) -> "Config":
+    from fedjax_sim import algorithms  # noqa: F401  (registers the algorithms' config sections)
     from fedjax_sim import config as config_lib
 
     if a.config:
@@ -99,7 +102,7 @@ def _algorithm_given(a) -> bool:
 
 
 def cmd_run(a) -> int:
-    import dataclasses
+    from fedjax_sim import config as config_lib
     from fedjax_sim import runner
 
     cfg = config_from_args(a)
@@ -114,12 +117,14 @@ def cmd_run(a) -> int:
     dupes = sorted({n for n in algorithms if algorithms.count(n) > 1})
     if dupes:
         raise ConfigError("--algorithm", a.algorithm, f"each name once (repeated: {', '.join(dupes)})")
-    base_out = a.out or cfg.out or runner._default_out(dataclasses.replace(cfg, algorithm="-".join(algorithms)))
+    named = config_lib.copy_config(cfg)
+    named.algorithm = "-".join(algorithms)
+    base_out = a.out or cfg.out or runner._default_out(named)
     preps = []
     for name in algorithms:  # validate every run before running (and compiling) any
         out = base_out if len(algorithms) == 1 else os.path.join(base_out, name)
-        c = dataclasses.replace(cfg, algorithm=name, out=out)
-        c.data, c.model, c.local, c.server = (dataclasses.replace(x) for x in (cfg.data, cfg.model, cfg.local, cfg.server))
+        c = config_lib.copy_config(cfg)
+        c.algorithm, c.out = name, out
         runner.check_out_dir(out)
         data = preps[0].data if preps and c.data == preps[0].config.data else None
         preps.append(runner.prepare(c, data))
@@ -140,14 +145,20 @@ def cmd_run(a) -> int:
 
 def cmd_list(_a) -> int:
     from fedjax_sim import config as config_lib
-    from fedjax_sim.algorithms import DESCRIPTIONS
+    from fedjax_sim.algorithms import DESCRIPTIONS, SECTION_OF
+    from fedjax_sim.core.optim import OPTIMIZERS
     from fedjax_sim.data import DATASETS, PARTITIONS
+    from fedjax_sim.tasks import TASKS
 
-    print("algorithms:")
+    print("algorithms (config section in brackets):")
     for name in sorted(DESCRIPTIONS):
-        print(f"  {name:12s} {DESCRIPTIONS[name]}")
+        section = f" [{SECTION_OF[name]}.*]" if name in SECTION_OF else ""
+        print(f"  {name:20s} {DESCRIPTIONS[name]}{section}")
     print("datasets:\n  " + ", ".join(DATASETS))
     print("partitions:\n  " + ", ".join(PARTITIONS))
+    print("tasks (task.name):\n  " + ", ".join(TASKS))
+    print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "
+          "*.optimizer_args=k=v,...):\n  " + ", ".join(OPTIMIZERS))
     print("config fields (--set KEY=VALUE):\n  " + ", ".join(config_lib.field_names()))
     return 0
 
@@ -165,7 +176,8 @@ def cmd_bench(a) -> int:
                          clients=a.clients, cohort=a.cohort, examples_per_client=a.examples_per_client,
                          batch_size=a.batch_size, local_epochs=a.local_epochs, lr=a.lr,
                          rounds=a.rounds, repeats=a.repeats, client_mapping=a.client_mapping,
-                         chunk_size=a.chunk_size, formulation=a.formulation)
+                         chunk_size=a.chunk_size, formulation=a.formulation,
+                         optimizer=a.optimizer, momentum=a.momentum)
     if not a.json:
         print(bench.format_human(result))
     print(bench.to_json(result))

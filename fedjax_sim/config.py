@@ -20,9 +20,18 @@ class DataConfig:
     """Which data, how it is split over clients.
 
     dataset: registered source (``fedjax-sim list``), e.g. ``digits`` (embedded, default),
-      ``synthetic`` (FedProx Synthetic(alpha, beta)), or a TFDS name (``mnist``, ``cifar10``, ...).
+      ``diabetes`` (embedded regression: scikit-learn's 442 patients, x and y standardized with
+      train-pool statistics), ``synthetic`` (FedProx Synthetic(alpha, beta)), or a TFDS name
+      (``mnist``, ``cifar10``, ...).
     partition: registered partitioner; ``auto`` = ``natural`` for ``synthetic`` (each device has
-      its own distribution) and ``dirichlet_label`` otherwise.
+      its own distribution), ``iid`` for ``diabetes`` (its ~354 train rows are too few for
+      ``dirichlet_label`` at the default min_size) and ``dirichlet_label`` otherwise.
+      Label-based partitioners work on strata: class ids, or quantile bins of a regression target.
+
+    Leak-free split: every source is split into a train pool and a test pool before
+    partitioning (the dataset's own test split, else a stratified ``global_test_fraction``
+    hold-out). Only the train pool is partitioned; each client's test rows are drawn from the
+    test pool, disjoint across clients; the global test set is the whole test pool.
     """
 
     dataset: str = "digits"
@@ -31,12 +40,23 @@ class DataConfig:
     alpha: float = 0.3  # Dirichlet concentration (both conventions); smaller = more skew
     min_size: int = 10  # dirichlet_label: resample until every client has at least this many
     classes_per_client: int = 2  # pathological
-    samples_per_client: int = 0  # dirichlet_client / dominant_class size; 0 = pool / clients
+    # Training rows per client for dirichlet_client / dominant_class. 0 = train pool // clients for
+    # dirichlet_client; for dominant_class 0 = the largest size that gives no training example
+    # to two clients (train pool // clients with with_replacement). FedReMa's 500 at 80/20 = 400.
+    samples_per_client: int = 0
     dominant_fraction: float = 0.2  # dominant_class: the IID share s of each client's samples
     dominant_classes: int = 3  # dominant_class: classes per group
+    # dominant_class only: let the per-class cursor wrap around so training examples are reused
+    # across clients, as the official FedReMa code does (test rows stay disjoint: no leak).
+    # False: every partitioner gives each training example to at most one client.
+    with_replacement: bool = False
     quantity_sigma: float = 1.0  # quantity_skew: sigma of the log-normal client sizes
-    test_fraction: float = 0.2  # per-client test split, same distribution as the client's train
-    global_test_fraction: float = 0.2  # embedded sources without a test split: held-out share
+    # Client test size: per class, a client draws train_count * f / (1 - f) rows from the test
+    # pool (about f of its train + test rows are test, with its own label mix), without
+    # replacement and disjoint across clients; apportioned pro rata when the pool runs short.
+    # Not used by synthetic (FedProx's own 90/10 split per device).
+    test_fraction: float = 0.2
+    global_test_fraction: float = 0.2  # sources without a test split: held-out test pool share
     synthetic_alpha: float = 0.0
     synthetic_beta: float = 0.0
     synthetic_iid: bool = False
@@ -56,60 +76,59 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class LocalConfig:
-    """Client-side training."""
+    """Client-side training: any optax optimizer (``fedjax-sim list`` names them)."""
 
-    optimizer: str = "sgd"  # sgd | momentum | adam
+    optimizer: str = "sgd"  # sgd | momentum (sgd + local.momentum) | adam | adamw | ... (optax)
     lr: float = 0.05
     momentum: float = 0.9  # used by ``momentum``
+    optimizer_args: str = ""  # extra optax hyper-parameters, e.g. "b1=0.9,eps=1e-6"
     weight_decay: float = 0.0
     batch_size: int = 16
     epochs: int = 1  # local epochs over the client's data (used when steps == 0)
     steps: int = 0  # fixed local steps per round; 0 = use epochs
     clip_norm: float = 0.0  # global-norm gradient clipping; 0 = off
-    finetune_epochs: int = 1  # fedavg_ft: local epochs of fine-tuning before evaluation
     formulation: str = "auto"  # auto | materialized | factored (low-rank deltas, dense nets + SGD)
 
 
 @dataclasses.dataclass
 class ServerConfig:
-    """Server-side aggregation."""
+    """Server-side aggregation: the mean client delta is a pseudo-gradient for this optimizer."""
 
-    optimizer: str = "sgd"  # sgd | momentum | adam (applied to the mean client delta)
+    optimizer: str = "sgd"  # sgd | momentum | adam | ... (optax), applied to the mean client delta
     lr: float = 1.0
     momentum: float = 0.9
+    optimizer_args: str = ""
     weighting: str = "samples"  # samples | uniform
-    prox_mu: float = 0.01  # fedprox proximal strength
 
 
 @dataclasses.dataclass
-class FedReMaConfig:
-    """FedReMa and its personalized baselines (specs/fedrema.md).
+class TaskConfig:
+    """What is learned. ``auto``: classification for class labels, regression_mse for real targets."""
 
-    delta: CCP end threshold in (0, 1]: the CCP ends when the mean MDS gap < delta * its running max.
-    sim_type: ``probe`` (one random uniform feature-space probe per reference client, the code's
-      default) or ``proto`` (global class prototypes as probes).
-    t_ref / t_peer: softmax temperatures of the reference client and of its peers (probe).
-    probe_scale: probes are Uniform[0, probe_scale)^d.
-    ablation: none | no_ccp (MDS every round) | no_history (after the CCP, uniform over every peer
-      ever chosen) | random_peers (random peer sets of the size MDS chose).
-    official_index_bug / official_inplace_mixing: replicate the official code's two bugs (§7.1, §7.2).
-    head_epochs: fedrep's head epochs per round (before local.epochs body epochs).
-    """
+    name: str = "auto"  # auto | classification | regression_mse | regression_mae
 
-    delta: float = 0.5
-    sim_type: str = "probe"
-    t_ref: float = 0.5
-    t_peer: float = 1.0
-    probe_scale: float = 0.5
-    ablation: str = "none"
-    official_index_bug: bool = False
-    official_inplace_mixing: bool = False
-    head_epochs: int = 1
+
+# Algorithm-owned sections: each algorithm module registers its own dataclass (``fedrema``,
+# ``fedprox``, ...) with `register_section`; they are settable as ``--set <section>.<field>``.
+SECTIONS: dict[str, type] = {}
+# Old field names that still work (config files and --set), mapped to where the field lives now.
+ALIASES: dict[str, str] = {}
+
+
+def register_section(name: str, cls: type, aliases: dict[str, str] | None = None) -> type:
+    """Registers an algorithm's config section (a dataclass with an optional ``validate()``)."""
+    if name in SECTIONS and SECTIONS[name] is not cls:
+        raise ValueError(f"config section {name!r} is registered twice")
+    if name in {f.name for f in dataclasses.fields(Config)}:
+        raise ValueError(f"config section {name!r} shadows a Config field")
+    SECTIONS[name] = cls
+    ALIASES.update(aliases or {})
+    return cls
 
 
 @dataclasses.dataclass
 class Config:
-    """A whole run."""
+    """A whole run. Algorithm sections (`SECTIONS`) are read as attributes, e.g. ``cfg.fedrema``."""
 
     algorithm: str = "fedavg"
     rounds: int = 100
@@ -121,14 +140,38 @@ class Config:
     out: str = ""
     checkpoint: bool = False
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     local: LocalConfig = dataclasses.field(default_factory=LocalConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
-    fedrema: FedReMaConfig = dataclasses.field(default_factory=FedReMaConfig)
+    sections: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name):  # only reached when normal lookup fails
+        if name in SECTIONS:
+            sections = self.__dict__.setdefault("sections", {})
+            if name not in sections:
+                sections[name] = SECTIONS[name]()
+            return sections[name]
+        raise AttributeError(name)
+
+
+def _fixed_fields(cfg):
+    return [f for f in dataclasses.fields(cfg) if f.name != "sections"]
 
 
 def to_dict(cfg) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """JSON-ready dict: the fixed sections, then every registered algorithm section."""
+    if not isinstance(cfg, Config):
+        return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    out = {f.name: getattr(cfg, f.name) for f in _fixed_fields(cfg)}
+    out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+    out.update({name: dataclasses.asdict(getattr(cfg, name)) for name in sorted(SECTIONS)})
+    return json.loads(json.dumps(out))
+
+
+def copy_config(cfg: Config) -> Config:
+    """A deep, independent copy."""
+    return from_dict(to_dict(cfg))
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -147,16 +190,25 @@ def _flatten(d, prefix=""):
 
 
 def field_names(cfg=None) -> list[str]:
-    """All settable dotted field names."""
+    """All settable dotted field names (registered algorithm sections included)."""
     cfg = cfg or Config()
     names = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+    fields = _fixed_fields(cfg) if isinstance(cfg, Config) else dataclasses.fields(cfg)
+    for name in [f.name for f in fields] + (sorted(SECTIONS) if isinstance(cfg, Config) else []):
+        value = getattr(cfg, name)
         if dataclasses.is_dataclass(value):
-            names += [f"{f.name}.{n}" for n in field_names(value)]
+            names += [f"{name}.{n}" for n in field_names(value)]
         else:
-            names.append(f.name)
+            names.append(name)
     return names
+
+
+def _children(obj) -> dict:
+    """Settable children of a config node: its fields, plus the algorithm sections for a Config."""
+    fields = {f.name: f for f in dataclasses.fields(obj) if f.name != "sections"}
+    if isinstance(obj, Config):
+        fields.update({name: None for name in SECTIONS})
+    return fields
 
 
 def _coerce(path: str, raw, typ):
@@ -203,10 +255,11 @@ def _coerce(path: str, raw, typ):
 
 def set_field(cfg: Config, path: str, raw) -> None:
     """Sets ``cfg.<path>`` from a string or JSON value, with type checking."""
+    path = ALIASES.get(path, path)
     obj = cfg
     parts = path.split(".")
     for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(obj)}
+        fields = _children(obj)
         if part not in fields:
             where = ".".join(parts[:i]) or "the config"
             raise ConfigError(path, raw, f"a field of {where}: one of {', '.join(field_names(obj))}")
@@ -231,64 +284,59 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-def _check(cond: bool, field: str, value, allowed: str):
+def check(cond: bool, field: str, value, allowed: str):
+    """ConfigError(field, value, allowed) unless ``cond`` (for sections' ``validate``)."""
     if not cond:
         raise ConfigError(field, value, allowed)
 
 
+_check = check
+
+
 def validate(cfg: Config) -> None:
     """Range checks that do not need the data or the registries (those check names)."""
-    _check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
-    _check(cfg.cohort >= 0, "cohort", cfg.cohort, "an integer >= 0 (0 = all clients)")
-    _check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1")
-    _check(cfg.chunk_size >= 0, "chunk_size", cfg.chunk_size, "an integer >= 0 (0 = default)")
+    check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
+    check(cfg.cohort >= 0, "cohort", cfg.cohort, "an integer >= 0 (0 = all clients)")
+    check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1")
+    check(cfg.chunk_size >= 0, "chunk_size", cfg.chunk_size, "an integer >= 0 (0 = default)")
     mappings = ("auto", "vmap", "chunked", "sequential")
-    _check(cfg.client_mapping in mappings, "client_mapping", cfg.client_mapping, "one of " + ", ".join(mappings))
+    check(cfg.client_mapping in mappings, "client_mapping", cfg.client_mapping, "one of " + ", ".join(mappings))
     d = cfg.data
-    _check(d.num_clients >= 1, "data.num_clients", d.num_clients, "an integer >= 1")
-    _check(cfg.cohort <= d.num_clients, "cohort", cfg.cohort, f"at most data.num_clients={d.num_clients}")
-    _check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a finite number > 0")
-    _check(d.min_size >= 0, "data.min_size", d.min_size, "an integer >= 0")
-    _check(d.classes_per_client >= 1, "data.classes_per_client", d.classes_per_client, "an integer >= 1")
-    _check(d.samples_per_client >= 0, "data.samples_per_client", d.samples_per_client, "an integer >= 0")
-    _check(0 <= d.dominant_fraction <= 1, "data.dominant_fraction", d.dominant_fraction, "a number in [0, 1]")
-    _check(d.dominant_classes >= 1, "data.dominant_classes", d.dominant_classes, "an integer >= 1")
-    _check(d.quantity_sigma >= 0, "data.quantity_sigma", d.quantity_sigma, "a number >= 0")
-    _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a number in (0, 1)")
-    _check(0 < d.global_test_fraction < 1, "data.global_test_fraction", d.global_test_fraction, "a number in (0, 1)")
-    _check(d.synthetic_alpha >= 0, "data.synthetic_alpha", d.synthetic_alpha, "a number >= 0")
-    _check(d.synthetic_beta >= 0, "data.synthetic_beta", d.synthetic_beta, "a number >= 0")
-    _check(d.synthetic_features >= 1, "data.synthetic_features", d.synthetic_features, "an integer >= 1")
+    check(d.num_clients >= 1, "data.num_clients", d.num_clients, "an integer >= 1")
+    check(cfg.cohort <= d.num_clients, "cohort", cfg.cohort, f"at most data.num_clients={d.num_clients}")
+    check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a finite number > 0")
+    check(d.min_size >= 0, "data.min_size", d.min_size, "an integer >= 0")
+    check(d.classes_per_client >= 1, "data.classes_per_client", d.classes_per_client, "an integer >= 1")
+    check(d.samples_per_client >= 0, "data.samples_per_client", d.samples_per_client, "an integer >= 0")
+    check(0 <= d.dominant_fraction <= 1, "data.dominant_fraction", d.dominant_fraction, "a number in [0, 1]")
+    check(d.dominant_classes >= 1, "data.dominant_classes", d.dominant_classes, "an integer >= 1")
+    check(d.quantity_sigma >= 0, "data.quantity_sigma", d.quantity_sigma, "a number >= 0")
+    check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a number in (0, 1)")
+    check(0 < d.global_test_fraction < 1, "data.global_test_fraction", d.global_test_fraction, "a number in (0, 1)")
+    check(d.synthetic_alpha >= 0, "data.synthetic_alpha", d.synthetic_alpha, "a number >= 0")
+    check(d.synthetic_beta >= 0, "data.synthetic_beta", d.synthetic_beta, "a number >= 0")
+    check(d.synthetic_features >= 1, "data.synthetic_features", d.synthetic_features, "an integer >= 1")
     m = cfg.model
-    _check(all(h >= 1 for h in m.hidden) and len(m.hidden) >= 1, "model.hidden", m.hidden,
+    check(all(h >= 1 for h in m.hidden) and len(m.hidden) >= 1, "model.hidden", m.hidden,
            "one or more widths >= 1, e.g. 200,200")
-    _check(m.head_layers >= 1, "model.head_layers", m.head_layers, "an integer >= 1")
+    check(m.head_layers >= 1, "model.head_layers", m.head_layers, "an integer >= 1")
     loc = cfg.local
-    opts = ("sgd", "momentum", "adam")
-    _check(loc.optimizer in opts, "local.optimizer", loc.optimizer, "one of " + ", ".join(opts))
-    _check(loc.lr > 0 and math.isfinite(loc.lr), "local.lr", loc.lr, "a finite number > 0")
-    _check(0 <= loc.momentum < 1, "local.momentum", loc.momentum, "a number in [0, 1)")
-    _check(loc.weight_decay >= 0, "local.weight_decay", loc.weight_decay, "a number >= 0")
-    _check(loc.batch_size >= 1, "local.batch_size", loc.batch_size, "an integer >= 1")
-    _check(loc.epochs >= 1, "local.epochs", loc.epochs, "an integer >= 1")
-    _check(loc.steps >= 0, "local.steps", loc.steps, "an integer >= 0 (0 = use local.epochs)")
-    _check(loc.clip_norm >= 0, "local.clip_norm", loc.clip_norm, "a number >= 0 (0 = off)")
+    check(loc.lr > 0 and math.isfinite(loc.lr), "local.lr", loc.lr, "a finite number > 0")
+    check(0 <= loc.momentum < 1, "local.momentum", loc.momentum, "a number in [0, 1)")
+    check(loc.weight_decay >= 0, "local.weight_decay", loc.weight_decay, "a number >= 0")
+    check(loc.batch_size >= 1, "local.batch_size", loc.batch_size, "an integer >= 1")
+    check(loc.epochs >= 1, "local.epochs", loc.epochs, "an integer >= 1")
+    check(loc.steps >= 0, "local.steps", loc.steps, "an integer >= 0 (0 = use local.epochs)")
+    check(loc.clip_norm >= 0, "local.clip_norm", loc.clip_norm, "a number >= 0 (0 = off)")
     forms = ("auto", "materialized", "factored")
-    _check(loc.formulation in forms, "local.formulation", loc.formulation, "one of " + ", ".join(forms))
-    _check(loc.finetune_epochs >= 1, "local.finetune_epochs", loc.finetune_epochs, "an integer >= 1")
+    check(loc.formulation in forms, "local.formulation", loc.formulation, "one of " + ", ".join(forms))
     s = cfg.server
-    _check(s.optimizer in opts, "server.optimizer", s.optimizer, "one of " + ", ".join(opts))
-    _check(s.lr > 0 and math.isfinite(s.lr), "server.lr", s.lr, "a finite number > 0")
-    _check(0 <= s.momentum < 1, "server.momentum", s.momentum, "a number in [0, 1)")
-    _check(s.weighting in ("samples", "uniform"), "server.weighting", s.weighting, "samples or uniform")
-    _check(s.prox_mu >= 0, "server.prox_mu", s.prox_mu, "a number >= 0")
-    fr = cfg.fedrema
-    _check(0 < fr.delta <= 1, "fedrema.delta", fr.delta, "a number in (0, 1]")
-    _check(fr.sim_type in ("probe", "proto"), "fedrema.sim_type", fr.sim_type, "probe or proto")
-    _check(fr.t_ref > 0 and math.isfinite(fr.t_ref), "fedrema.t_ref", fr.t_ref, "a finite number > 0")
-    _check(fr.t_peer > 0 and math.isfinite(fr.t_peer), "fedrema.t_peer", fr.t_peer, "a finite number > 0")
-    _check(fr.probe_scale > 0 and math.isfinite(fr.probe_scale), "fedrema.probe_scale", fr.probe_scale,
-           "a finite number > 0")
-    ablations = ("none", "no_ccp", "no_history", "random_peers")
-    _check(fr.ablation in ablations, "fedrema.ablation", fr.ablation, "one of " + ", ".join(ablations))
-    _check(fr.head_epochs >= 1, "fedrema.head_epochs", fr.head_epochs, "an integer >= 1")
+    check(s.lr > 0 and math.isfinite(s.lr), "server.lr", s.lr, "a finite number > 0")
+    check(0 <= s.momentum < 1, "server.momentum", s.momentum, "a number in [0, 1)")
+    check(s.weighting in ("samples", "uniform"), "server.weighting", s.weighting, "samples or uniform")
+    tasks = ("auto", "classification", "regression_mse", "regression_mae")
+    check(cfg.task.name in tasks, "task.name", cfg.task.name, "one of " + ", ".join(tasks))
+    for name in sorted(SECTIONS):
+        section = getattr(cfg, name)
+        if hasattr(section, "validate"):
+            section.validate()

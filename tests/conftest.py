@@ -7,11 +7,6 @@ they share is `batch_indices`, so that the reference and the engine train on the
 """
 from __future__ import annotations
 
-import logging
-import re
-from collections import Counter
-from contextlib import contextmanager
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +14,7 @@ import numpy as np
 from fedjax_sim import config as config_lib
 from fedjax_sim.core.local import Schedule, batch_indices
 from fedjax_sim.core.sampling import sample_cohort
-from fedjax_sim.data.federated import FederatedData
+from fedjax_sim.data.federated import FederatedData, make_federated
 from fedjax_sim.models import dense_chain_layers, with_dense_chain_layers
 
 # Padding rows are filled with this (finite) garbage, so a test fails if the engine ever lets a
@@ -46,8 +41,8 @@ def make_data(train_sizes=(5, 9, 3, 7), test_sizes=(3, 0, 4, 2), features=6, cla
     x_test, y_test, n_test = stacked(test_sizes)
     x_global = rng.normal(size=(global_size, features)).astype(np.float32)
     y_global = rng.integers(0, classes, global_size).astype(np.int32)
-    return FederatedData(x_train, y_train, n_train, x_test, y_test, n_test, x_global, y_global,
-                         num_classes=classes, name="hand-built")
+    return make_federated(x_train, y_train, n_train, x_test, y_test, n_test, x_global, y_global,
+                          num_classes=classes, name="hand-built")
 
 
 def tiny_config(**fields) -> config_lib.Config:
@@ -199,27 +194,3 @@ def weighted_average(trees, weights):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# compile counting
-
-
-@contextmanager
-def count_compiles():
-    """Counts XLA compilations by jitted function name while the block runs (jax.log_compiles)."""
-    counts: Counter = Counter()
-    pattern = re.compile(r"Compiling (?:jit|pjit)\(([^)]*)\)")
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            match = pattern.search(record.getMessage())
-            if match:
-                counts[match.group(1)] += 1
-
-    handler = Handler(level=logging.DEBUG)
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            yield counts
-    finally:
-        logger.removeHandler(handler)

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import (client, layers_of, make_data, params_of, ref_cohort, ref_local_sgd,
                       tiny_config, tree_add, tree_scale, tree_zeros, weighted_average)
-from fedjax_sim.core.local import Schedule
 from fedjax_sim import runner
+from fedjax_sim.core.driver import RoundInput
+from fedjax_sim.core.local import Schedule
 
 
 def _build(cfg, data):
@@ -28,6 +29,15 @@ def _np(tree):
     return jax.tree.map(np.asarray, tree)
 
 
+def _rin(key, index=0):
+    """One round's RoundInput."""
+    return RoundInput(key, jax.numpy.int32(index), jax.numpy.array(True))
+
+
+def _xy(data, c):
+    return data.train["x"][c], data.train["y"][c]
+
+
 @pytest.mark.parametrize("weighting,formulation", [("samples", "materialized"),
                                                    ("uniform", "factored")])
 def test_fedavg_round_is_weighted_mean_of_local_sgd(weighting, formulation):
@@ -41,12 +51,12 @@ def test_fedavg_round_is_weighted_mean_of_local_sgd(weighting, formulation):
     state = alg.init(jax.random.PRNGKey(0), data)
     start = _np(alg.global_params(state))
     key = jax.random.PRNGKey(7)
-    new_state, metrics = jax.jit(alg.round)(state, data, key)
+    new_state, metrics = jax.jit(alg.round)(state, data, _rin(key))
 
     ids, keys = ref_cohort(key, data.num_clients, data.num_clients)
     np.testing.assert_array_equal(ids, np.arange(data.num_clients))
-    models = [ref_local_sgd(layers_of(start), data.x_train[c], data.y_train[c], data.n_train[c],
-                            keys[c], prep.local.schedule, data.max_train, cfg.local.lr)[0]
+    models = [ref_local_sgd(layers_of(start), *_xy(data, c), data.n_train[c],
+                            keys[c], prep.schedule, data.max_train, cfg.local.lr)[0]
               for c in range(data.num_clients)]
     n = np.asarray(data.n_train)
     expected = weighted_average(models, n if weighting == "samples" else np.ones_like(n))
@@ -61,27 +71,27 @@ def test_fedprox_round_matches_proximal_sgd_loop(formulation):
     looped by hand, then the sample-weighted mean; both local-step formulations agree with it."""
     data = jax.device_put(make_data())
     mu = 0.7
-    cfg = tiny_config(algorithm="fedprox", local__epochs=2, local__lr=0.3, server__prox_mu=mu,
+    cfg = tiny_config(algorithm="fedprox", local__epochs=2, local__lr=0.3, fedprox__mu=mu,
                       local__formulation=formulation)
     prep, alg = _build(cfg, data)
     assert alg.info["formulation"] == formulation
     state = alg.init(jax.random.PRNGKey(1), data)
     start = _np(alg.global_params(state))
     key = jax.random.PRNGKey(8)
-    new_state, _ = jax.jit(alg.round)(state, data, key)
+    new_state, _ = jax.jit(alg.round)(state, data, _rin(key))
 
     w0 = layers_of(start)
     prox = lambda layers, grads: tree_add(grads, tree_add(layers, w0, -1.0), mu)
     _, keys = ref_cohort(key, data.num_clients, data.num_clients)
-    models = [ref_local_sgd(w0, data.x_train[c], data.y_train[c], data.n_train[c], keys[c],
-                            prep.local.schedule, data.max_train, cfg.local.lr, correction=prox)[0]
+    models = [ref_local_sgd(w0, *_xy(data, c), data.n_train[c], keys[c],
+                            prep.schedule, data.max_train, cfg.local.lr, correction=prox)[0]
               for c in range(data.num_clients)]
     expected = weighted_average(models, np.asarray(data.n_train))
     chex.assert_trees_all_close(alg.global_params(new_state), params_of(start, expected),
                                 rtol=1e-5, atol=1e-5)
     # the proximal term matters here: plain FedAvg lands elsewhere
-    plain = weighted_average([ref_local_sgd(w0, data.x_train[c], data.y_train[c], data.n_train[c],
-                                            keys[c], prep.local.schedule, data.max_train,
+    plain = weighted_average([ref_local_sgd(w0, *_xy(data, c), data.n_train[c],
+                                            keys[c], prep.schedule, data.max_train,
                                             cfg.local.lr)[0] for c in range(data.num_clients)],
                              np.asarray(data.n_train))
     assert max(np.abs(a - b).max() for la, lb in zip(plain, expected) for a, b in zip(la, lb)) > 1e-3
@@ -107,14 +117,14 @@ def test_scaffold_two_rounds_partial_participation_matches_option_ii():
     cohorts = []
     for r in range(2):
         key = jax.random.PRNGKey(100 + r)
-        state, _ = round_fn(state, data, key)
+        state, _ = round_fn(state, data, _rin(key, r))
         ids, keys = ref_cohort(key, num_clients, cohort)
         cohorts.append(set(ids.tolist()))
         deltas, dcs = [], []
         for j, cid in enumerate(ids):
             correction = lambda layers, grads, cid=cid: tree_add(tree_add(grads, c), c_i[cid], -1.0)
-            y, _, steps = ref_local_sgd(x, data.x_train[cid], data.y_train[cid], data.n_train[cid],
-                                        keys[j], prep.local.schedule, data.max_train, lr,
+            y, _, steps = ref_local_sgd(x, *_xy(data, cid), data.n_train[cid],
+                                        keys[j], prep.schedule, data.max_train, lr,
                                         correction=correction)
             c_plus = tree_add(tree_add(c_i[cid], c, -1.0), tree_add(x, y, -1.0), 1.0 / (steps * lr))
             deltas.append(tree_add(y, x, -1.0))
@@ -129,9 +139,9 @@ def test_scaffold_two_rounds_partial_participation_matches_option_ii():
     assert cohorts[0] != cohorts[1] and cohorts[0] & cohorts[1]  # c_i reused and left alone
     tol = dict(rtol=1e-4, atol=1e-5)
     chex.assert_trees_all_close(alg.global_params(state), params_of(template, x), **tol)
-    chex.assert_trees_all_close(state["c"], params_of(template, c), **tol)
+    chex.assert_trees_all_close(state.control, params_of(template, c), **tol)
     for cid in range(num_clients):
-        chex.assert_trees_all_close(client(state["c_clients"], cid), params_of(template, c_i[cid]), **tol)
+        chex.assert_trees_all_close(client(state.client_control, cid), params_of(template, c_i[cid]), **tol)
 
 
 def test_local_trains_only_the_cohort_with_persistent_momentum():
@@ -152,13 +162,13 @@ def test_local_trains_only_the_cohort_with_persistent_momentum():
     round_fn = jax.jit(alg.round)
     for r in range(2):
         key = jax.random.PRNGKey(200 + r)
-        state, _ = round_fn(state, data, key)
+        state, _ = round_fn(state, data, _rin(key, r))
         after = client_params(state)
         ids, keys = ref_cohort(key, num_clients, cohort)
         for j, cid in enumerate(ids):
             models[cid], traces[cid], _ = ref_local_sgd(
-                models[cid], data.x_train[cid], data.y_train[cid], data.n_train[cid], keys[j],
-                prep.local.schedule, data.max_train, lr, momentum, traces[cid])
+                models[cid], *_xy(data, cid), data.n_train[cid], keys[j],
+                prep.schedule, data.max_train, lr, momentum, traces[cid])
         for cid in range(num_clients):
             if cid not in ids:
                 chex.assert_trees_all_equal(client(after, cid), client(before, cid))
@@ -173,7 +183,7 @@ def test_fedavg_ft_client_params_are_finetuned_global_model():
     data = jax.device_put(make_data())
     lr, momentum = 0.1, 0.5
     cfg = tiny_config(algorithm="fedavg_ft", local__optimizer="momentum", local__lr=lr,
-                      local__momentum=momentum, local__finetune_epochs=2, local__batch_size=4)
+                      local__momentum=momentum, fedavg_ft__finetune_epochs=2, local__batch_size=4)
     prep, alg = _build(cfg, data)
     state = alg.init(jax.random.PRNGKey(4), data)
     key = jax.random.PRNGKey(9)
@@ -182,7 +192,7 @@ def test_fedavg_ft_client_params_are_finetuned_global_model():
     keys = jax.random.split(key, data.num_clients)
     schedule = Schedule.make(data.max_train, 4, 2, 0)
     for c in range(data.num_clients):
-        ref, _, _ = ref_local_sgd(layers_of(start), data.x_train[c], data.y_train[c],
+        ref, _, _ = ref_local_sgd(layers_of(start), *_xy(data, c),
                                   data.n_train[c], keys[c], schedule, data.max_train, lr, momentum)
         chex.assert_trees_all_close(client(tuned, c), params_of(start, ref), rtol=1e-5, atol=1e-5)
 

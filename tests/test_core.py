@@ -9,16 +9,18 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import (client, count_compiles, layers_of, make_data, mlp_params, params_of,
-                      ref_batches, ref_local_sgd, ref_logits, ref_loss_and_grads, tiny_config,
-                      tree_add)
-from fedjax_sim import runner
-from fedjax_sim.aggregators import LowRankDelta, densify, server_optimizer, weighted_mean
-from fedjax_sim.core.cohort import LocalSpec, make_cohort_train
+from conftest import (client, layers_of, make_data, mlp_params, params_of, ref_batches,
+                      ref_local_sgd, ref_logits, ref_loss_and_grads, tiny_config, tree_add)
+from fedjax_sim import runner, tasks
+from fedjax_sim.aggregators import (LowRankDelta, broadcast_mean, chain, densify, keep, mean,
+                                    partition, server_optimizer, weighted_mean)
+from fedjax_sim.core.cohort import DenseLayout, make_cohort_train
+from fedjax_sim.core.driver import count_compiles
 from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global
 from fedjax_sim.core.factored import make_factored_train
-from fedjax_sim.core.local import Schedule, make_local_train, make_optimizer
-from fedjax_sim.core.mapping import map_clients
+from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.mapping import ClientMapping, map_clients
+from fedjax_sim.core.optim import make_optimizer
 from fedjax_sim.core.sampling import gather, sample_cohort, scatter
 from fedjax_sim.models import mlp
 
@@ -105,28 +107,31 @@ def test_mapped_local_training_matches_python_loop(strategy, chunk, opt_name, ep
     model = mlp(data.feature_shape, data.num_classes, (8,))
     lr, momentum = 0.2, 0.8
     sched = Schedule.make(data.max_train, 4, epochs, steps)
-    opt = make_optimizer(opt_name, lr, momentum)
-    train = make_local_train(model.apply, opt, sched, data.max_train)
-    mapped = jax.jit(map_clients(train, (0, 0, 0, 0, 0, 0), strategy, chunk))
+    opt = make_optimizer(opt_name, lr, momentum=momentum).transform
+    task = tasks.classification(model.apply, data.num_classes)
+    train = make_local_train(task.loss, opt, sched, data.max_train)
+    mapped = jax.jit(map_clients(train, (0, 0, 0, 0, 0), strategy, chunk))
     k = data.num_clients
     params = mlp_params(clients=k)  # every client starts from its own model
     keys = jax.random.split(jax.random.PRNGKey(1), k)
     opt_state = jax.vmap(opt.init)(params)
-    new_params, new_opt, stats = mapped(params, opt_state, data.x_train, data.y_train,
-                                        data.n_train, keys)
+    new_params, new_opt, stats = mapped(params, opt_state, data.train, data.n_train, keys)
+    x_train, y_train = data.train["x"], data.train["y"]
 
     for c in range(k):
         start = client(params, c)
         ref, trace, ref_steps = ref_local_sgd(
-            layers_of(start), data.x_train[c], data.y_train[c], data.n_train[c], keys[c], sched,
+            layers_of(start), x_train[c], y_train[c], data.n_train[c], keys[c], sched,
             data.max_train, lr, momentum if opt_name == "momentum" else None)
         chex.assert_trees_all_close(client(new_params, c), params_of(start, ref), rtol=1e-5, atol=1e-5)
         assert int(stats.steps[c]) == ref_steps
         expected_samples = (data.n_train[c] * epochs if steps == 0 else steps * sched.batch_size)
         assert int(stats.samples[c]) == expected_samples
         if opt_name == "momentum":
-            chex.assert_trees_all_close(client(new_opt[0].trace, c), params_of(start, trace),
-                                        rtol=1e-5, atol=1e-5)
+            chex.assert_trees_all_close(client(new_opt[-1].inner_state[0].trace, c),
+                                        params_of(start, trace), rtol=1e-5, atol=1e-5)
+            # the learning rate is an injected array in the optimizer state (sweepable)
+            np.testing.assert_allclose(new_opt[-1].hyperparams["learning_rate"], lr, rtol=1e-6)
 
 
 def test_local_training_loss_statistic_is_mean_over_active_steps():
@@ -136,17 +141,18 @@ def test_local_training_loss_statistic_is_mean_over_active_steps():
     lr = 0.1
     sched = Schedule.make(data.max_train, 3, 1, 0)
     opt = optax.sgd(lr)
-    train = jax.jit(make_local_train(model.apply, opt, sched, data.max_train))
+    task = tasks.classification(model.apply, data.num_classes)
+    train = jax.jit(make_local_train(task.loss, opt, sched, data.max_train))
     params = mlp_params()
     key = jax.random.PRNGKey(5)
-    _, _, stats = train(params, opt.init(params), data.x_train[0], data.y_train[0],
-                        data.n_train[0], key)
+    rows = jax.tree.map(lambda a: a[0], data.train)
+    _, _, stats = train(params, opt.init(params), rows, data.n_train[0], key)
     idx, mask = ref_batches(key, data.n_train[0], data.max_train, sched)
     layers, losses = layers_of(params), []
     for t in range(sched.num_steps):
         rows = idx[t][mask[t]]
         if len(rows):
-            loss, grads = ref_loss_and_grads(layers, data.x_train[0][rows], data.y_train[0][rows])
+            loss, grads = ref_loss_and_grads(layers, data.train["x"][0][rows], data.train["y"][0][rows])
             losses.append(loss)
             layers = tree_add(layers, grads, -lr)
     np.testing.assert_allclose(float(stats.loss), np.mean(losses), rtol=1e-5)
@@ -157,9 +163,12 @@ def test_local_training_loss_statistic_is_mean_over_active_steps():
 # factored vs materialized
 
 
-def _spec(data, formulation, epochs=2, batch=3, lr=0.1):
+def _cohort_train(data, model, params, formulation, prox_mu, epochs=2, batch=3, lr=0.1):
     sched = Schedule.make(data.max_train, batch, epochs, 0)
-    return LocalSpec("sgd", lr, 0.9, 0.0, 0.0, sched, data.max_train, "vmap", 0, formulation)
+    task = tasks.classification(model.apply, data.num_classes)
+    return make_cohort_train(task, DenseLayout(model.layers_of, model.with_layers),
+                             make_optimizer("sgd", lr), sched, data.max_train, ClientMapping("vmap"),
+                             params, formulation, prox_mu)
 
 
 # prox_mu = 0 through the factored path is checked against a Python loop in test_algorithms.py.
@@ -171,11 +180,11 @@ def test_factored_cohort_training_matches_materialized(prox_mu, hidden):
     model = mlp(data.feature_shape, data.num_classes, hidden)
     params = mlp_params(hidden=hidden)
     keys = jax.random.split(jax.random.PRNGKey(1), data.num_clients)
-    args = (params, data.x_train, data.y_train, data.n_train, keys)
+    args = (params, data.train, data.n_train, keys)
     out = {}
     for form in ("materialized", "factored"):
-        train, chosen = make_cohort_train(model, _spec(data, form), params, prox_mu)
-        assert chosen == form
+        train, info = _cohort_train(data, model, params, form, prox_mu)
+        assert info["formulation"] == form
         out[form] = jax.jit(train)(*args)
     (dense_deltas, dense_stats), (low_rank, fact_stats) = out["materialized"], out["factored"]
     assert any(isinstance(leaf, LowRankDelta) for leaf in jax.tree.leaves(
@@ -195,14 +204,17 @@ def test_factored_train_matches_proximal_sgd_loop():
     lr, mu = 0.15, 0.4
     sched = Schedule.make(data.max_train, 4, 2, 0)
     key = jax.random.PRNGKey(3)
-    factored = jax.jit(make_factored_train(sched, data.max_train, lr, mu))
-    delta, _ = factored(params, data.x_train[1], data.y_train[1], data.n_train[1], key)
+    model = mlp(data.feature_shape, data.num_classes, (8,))
+    task = tasks.classification(model.apply, data.num_classes)
+    factored = jax.jit(make_factored_train(task.output_loss, model.layers_of, model.with_layers,
+                                           sched, data.max_train, lr, mu))
+    delta, _ = factored(params, jax.tree.map(lambda a: a[1], data.train), data.n_train[1], key)
     # one client's kernels are single LowRankDelta factors a [R, in], g [R, out]
     delta = jax.tree.map(lambda d: -(d.a.T @ d.g) if isinstance(d, LowRankDelta) else d, delta,
                          is_leaf=lambda d: isinstance(d, LowRankDelta))
     start = layers_of(params)
     prox = lambda layers, grads: tree_add(grads, tree_add(layers, start, -1.0), mu)
-    ref, _, _ = ref_local_sgd(start, data.x_train[1], data.y_train[1], data.n_train[1], key,
+    ref, _, _ = ref_local_sgd(start, data.train["x"][1], data.train["y"][1], data.n_train[1], key,
                               sched, data.max_train, lr, correction=prox)
     chex.assert_trees_all_close(delta, params_of(params, tree_add(ref, start, -1.0)),
                                 rtol=1e-5, atol=1e-5)
@@ -243,9 +255,10 @@ def test_server_sgd_one_gives_weighted_mean_of_client_models():
     params = {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=(2,)).astype(np.float32)}
     models = {k: v[None] + rng.normal(size=(4, *v.shape)).astype(np.float32) for k, v in params.items()}
     weights = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
-    agg = server_optimizer(optax.sgd(1.0))
+    agg = chain(mean(), server_optimizer(optax.sgd(1.0)))
     deltas = jax.tree.map(lambda m, p: m - p[None], models, params)
-    new, _ = agg.update(deltas, jnp.asarray(weights), agg.init(params), params)
+    new, _, metrics = agg.update(deltas, jnp.asarray(weights), agg.init(params), params)
+    assert metrics == {}
     expected = {k: np.tensordot(weights / weights.sum(), v.astype(np.float64), axes=1)
                 for k, v in models.items()}
     chex.assert_trees_all_close(new, expected, rtol=1e-5, atol=1e-6)
@@ -302,24 +315,29 @@ def test_evaluate_clients_matches_numpy_loop(stacked):
     data = make_data(train_sizes=(3, 3, 3, 3), test_sizes=(3, 0, 5, 2))
     model = mlp(data.feature_shape, data.num_classes, (8,))
     params = mlp_params(clients=data.num_clients) if stacked else mlp_params()
-    out = jax.jit(lambda p: evaluate_clients(model.apply, p, data.x_test, data.y_test, data.n_test,
-                                             stacked, "chunked", 3))(params)
-    accs, correct, loss = [], 0, 0.0
+    task = tasks.classification(model.apply, data.num_classes)
+    out = jax.jit(lambda p: evaluate_clients(task.metrics, p, data.test, data.n_test, stacked,
+                                             "accuracy", ClientMapping("chunked", 3)))(params)
+    x_test, y_test = data.test["x"], data.test["y"]
+    accs, losses, correct, loss = [], [], 0, 0.0
     for c in range(data.num_clients):
         p = client(params, c) if stacked else params
         n = data.n_test[c]
         if n == 0:
             accs.append(0.0)
             continue
-        cor, l = _ref_scores(layers_of(p), data.x_test[c, :n], data.y_test[c, :n])
+        cor, l = _ref_scores(layers_of(p), x_test[c, :n], y_test[c, :n])
         accs.append(cor / n)
+        losses.append(l / n)
         correct, loss = correct + cor, loss + l
     has = data.n_test > 0
     total = data.n_test.sum()
     np.testing.assert_allclose(out["personalized_accuracy_per_client"], accs, atol=1e-6)
     np.testing.assert_allclose(out["personalized_accuracy"], np.mean(np.array(accs)[has]), atol=1e-6)
     np.testing.assert_allclose(out["pooled_accuracy"], correct / total, atol=1e-6)
-    np.testing.assert_allclose(out["personalized_loss"], loss / total, rtol=1e-5)
+    np.testing.assert_allclose(out["pooled_loss"], loss / total, rtol=1e-5)
+    np.testing.assert_allclose(out["personalized_loss"], np.mean(losses), rtol=1e-5)
+    assert "personalized_loss_per_client" not in out  # only the headline metric per client
 
 
 def test_evaluate_global_matches_numpy_with_partial_last_batch():
@@ -327,29 +345,10 @@ def test_evaluate_global_matches_numpy_with_partial_last_batch():
     data = make_data(global_size=7)
     model = mlp(data.feature_shape, data.num_classes, (8,))
     params = mlp_params(seed=4)
-    out = evaluate_global(model.apply, params, data.x_global, data.y_global, batch_size=3)
-    cor, loss = _ref_scores(layers_of(params), data.x_global, data.y_global)
+    task = tasks.classification(model.apply, data.num_classes)
+    out = evaluate_global(task.metrics, params, data.global_test, batch_size=3)
+    cor, loss = _ref_scores(layers_of(params), data.global_test["x"], data.global_test["y"])
     np.testing.assert_allclose(out["global_accuracy"], cor / 7, atol=1e-6)
     np.testing.assert_allclose(out["global_loss"], loss / 7, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------------------------
-# compile once
-
-
-def test_runner_compiles_round_block_once(tmp_path):
-    """runner.run for 5 rounds with eval_every=2 (not a multiple, so the last block is partly
-    masked) compiles the round block and the evaluator exactly once each, and evaluates at
-    rounds 0, 2, 4, 5. SCAFFOLD under partial participation carries the most state (server
-    optimizer, global and stacked per-client control variates), which must keep its exact
-    shapes and dtypes from block to block."""
-    cfg = tiny_config(algorithm="scaffold", cohort=3, rounds=5, eval_every=2,
-                      out=str(tmp_path / "run"))
-    with count_compiles() as counts:
-        summary = runner.run(cfg, progress=False, data=make_data())
-    assert counts["block"] == 1, dict(counts)
-    assert counts["evaluate"] == 1, dict(counts)
-    assert summary["rounds_completed"] == 5
-    rounds = [int(l.split('"round": ')[1].split(",")[0])
-              for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [0, 2, 4, 5]

@@ -1,7 +1,8 @@
-"""Pure server-side aggregators (optax-style init/update pairs)."""
-from fedjax_sim.aggregators.base import Aggregator, LowRankDelta, densify, weighted_mean
-from fedjax_sim.aggregators.mean import mean_of_models, server_optimizer
-from fedjax_sim.aggregators.relevance import RelevanceContext, RelevanceState, relevance_matching
+"""Pure server-side aggregators (optax-shaped init/update pairs) and their combinators."""
+from fedjax_sim.aggregators.base import Aggregator, chain, densify, partition, weighted_mean
+from fedjax_sim.aggregators.mean import broadcast_mean, keep, mean, server_optimizer
+from fedjax_sim.aggregators.relevance import RelevanceState, relevance_matching
+from fedjax_sim.types import LowRankDelta
 
-__all__ = ["Aggregator", "LowRankDelta", "densify", "mean_of_models", "server_optimizer",
-           "weighted_mean", "RelevanceContext", "RelevanceState", "relevance_matching"]
+__all__ = ["Aggregator", "LowRankDelta", "RelevanceState", "broadcast_mean", "chain", "densify",
+           "keep", "mean", "partition", "relevance_matching", "server_optimizer", "weighted_mean"]

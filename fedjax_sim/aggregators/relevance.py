@@ -265,46 +265,46 @@ class RelevanceState(NamedTuple):
     round: jax.Array
 
 
-class RelevanceContext(NamedTuple):
-    """What `relevance_matching().update` needs besides the heads: cohort ids idx [K] int32,
-    participation mask part [K] bool, and a PRNG key (ablations and the upload-order bug)."""
-
-    idx: jax.Array
-    part: jax.Array
-    key: jax.Array
-
-
-def relevance_matching(delta: float = 0.5, ablation: str = "none",
+def relevance_matching(num_clients: int, delta: float = 0.5, ablation: str = "none",
                        official_index_bug: bool = False,
                        official_inplace_mixing: bool = False) -> Aggregator:
-    """FedReMa's head aggregator as an (init, update) pair.
+    """FedReMa's head aggregator: client results are the cohort's freshly trained heads [K, ...];
+    the output is each participant's mixed head [K, ...] (non-participants' rows unchanged).
 
-    ``init(num_clients) -> RelevanceState``.
-    ``update(heads [K, ...], sim [K, K], state, ctx: RelevanceContext) -> ((heads', stats), state)``
-    where stats is a dict of scalars: ``mds_gap_mean``, ``ccp_active`` (1 if the CCP was active in
-    this round, i.e. MDS weights were used), ``relevant_set_size_{mean,min,max}`` (support of the
-    weight rows actually used) and ``ccp_ended`` (1 in the round the CCP ended).
+    ``init(params) -> RelevanceState`` (G [C, C] zeros, CCP active, round 0; params unused).
+    ``update(heads, weights, state, params, *, similarity, cohort_idx, key, participation=None)``:
+    ``similarity`` S [K, K] of the trained heads (`probe_similarity` / `proto_similarity`),
+    ``cohort_idx`` [K] client ids, ``participation`` [K] bool (default all), ``key`` for the
+    ablations and the upload-order bug. ``weights`` are not used (relevance replaces them).
+    Metrics: ``mds_gap_mean``, ``ccp_active`` (1 if MDS weights were used this round),
+    ``relevant_set_size_{mean,min,max}`` (support of the weight rows used) and ``ccp_ended``
+    (1 in the round the CCP ended).
 
     Ablations: ``no_ccp`` uses MDS every round; ``no_history`` after the CCP uses uniform weights
     over every peer ever chosen during the CCP (G > 0) instead of frequencies; ``random_peers``
     replaces each MDS set with self + random peers of the same size (G counts those).
     """
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; expected one of {ABLATIONS}")
 
-    def init(num_clients: int) -> RelevanceState:
+    def init(params) -> RelevanceState:
+        del params
         return RelevanceState(jnp.zeros((num_clients, num_clients), jnp.float32), ccp_init(),
                               jnp.array(0, jnp.int32))
 
-    def update(heads, sim, state: RelevanceState, ctx: RelevanceContext):
-        k_rand, k_bug = jax.random.split(ctx.key)
-        part = ctx.part
-        rel, gap = mds_select(sim, part)
+    def update(heads, weights, state: RelevanceState, params, *, similarity, cohort_idx, key,
+               participation=None, **extras):
+        del weights, params, extras
+        part = jnp.ones(cohort_idx.shape, bool) if participation is None else participation
+        k_rand, k_bug = jax.random.split(key)
+        rel, gap = mds_select(similarity, part)
         if ablation == "random_peers":
             rel = random_relevant_sets(k_rand, rel, part)
         was_ccp = state.ccp.is_ccp if ablation != "no_ccp" else jnp.array(True)
-        dep = update_dependency(state.dep, rel, ctx.idx, state.ccp.is_ccp)
+        dep = update_dependency(state.dep, rel, cohort_idx, state.ccp.is_ccp)
         rnd = state.round + 1
         ccp, m_t = ccp_step(state.ccp, gap, part, delta, rnd)
-        sub = dep[ctx.idx[:, None], ctx.idx[None, :]] * (part[:, None] & part[None, :])
+        sub = dep[cohort_idx[:, None], cohort_idx[None, :]] * (part[:, None] & part[None, :])
         if ablation == "no_history":
             sub = (sub > 0).astype(jnp.float32)
         w = jnp.where(was_ccp, ccp_weights(rel), history_weights(sub))
@@ -320,6 +320,6 @@ def relevance_matching(delta: float = 0.5, ablation: str = "none",
                  "relevant_set_size_mean": jnp.sum(size * pf) / jnp.maximum(jnp.sum(pf), 1.0),
                  "relevant_set_size_min": jnp.min(jnp.where(part, size, big)),
                  "relevant_set_size_max": jnp.max(jnp.where(part, size, 0.0))}
-        return (mixed, stats), RelevanceState(dep, ccp, rnd)
+        return mixed, RelevanceState(dep, ccp, rnd), stats
 
     return Aggregator(init, update)

@@ -1,17 +1,20 @@
-"""The Algorithm protocol and the registry of algorithms by name.
+"""The Algorithm protocol, what builders receive, and the registry of algorithms by name.
 
 An algorithm is a bundle of pure functions; the runner never knows which one it runs:
 
-  init(key, data) -> state                              server + stacked [C, ...] client state
-  round(state, data, key) -> (state, metrics)           jittable; metrics are scalars
-  global_params(state) -> params                        None when there is no global model
-  client_params(state, data, key) -> params [C, ...]    each client's own model; None when every
-                                                        client uses the global model
-  report(state) -> dict                                 optional algorithm-specific scalars for
-                                                        summary.json's ``final`` (e.g. FedReMa's
-                                                        CCP end round); None when there are none
-Every scalar a round returns in ``metrics`` is logged to metrics.jsonl at evaluation points
-(the value of the last round of the block, and ``<name>_mean`` over the block).
+  init(key, data) -> state                    typed (NamedTuple); per-client leaves [C, ...]
+  round(state, data, RoundInput) -> (state, metrics)   jittable; metrics are scalars
+  global_params(state) -> params              None when there is no global model
+  client_params(state, data, key) -> params [C, ...]   each client's own model; None when every
+                                              client uses the global model
+  report(state) -> dict                       optional extras for summary.json's ``final``
+  events(key, num_rounds) -> pytree [R, ...]  optional precomputed event schedule; the driver
+                                              hands round r its rows as ``RoundInput.events``
+
+Builders take objects (`BuildContext`: task, model, client and server optimizers, schedule,
+mapping, cohort size) and the algorithm's own hyper-parameters (its registered config section),
+never the run config. Every scalar a round returns in ``metrics`` is logged to metrics.jsonl at
+evaluation points (the value of the last round of the block, and ``<name>_mean`` over the block).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from fedjax_sim import config as config_lib
 from fedjax_sim.errors import ConfigError
 
 State = Any
@@ -28,39 +32,70 @@ Metrics = dict
 class Algorithm(NamedTuple):
     name: str
     init: Callable[[jax.Array, Any], State]
-    round: Callable[[State, Any, jax.Array], tuple[State, Metrics]]
+    round: Callable[[State, Any, Any], tuple[State, Metrics]]
     global_params: Callable[[State], Any] | None
     client_params: Callable[[State, Any, jax.Array], Any] | None
     info: dict
     report: Callable[[State], dict] | None = None
+    events: Callable[[jax.Array, int], Any] | None = None
 
 
 class BuildContext(NamedTuple):
-    """What an algorithm builder gets: the resolved config, model, data and local-training spec."""
+    """What every builder gets (objects, resolved from the config by the runner).
 
-    config: Any  # fedjax_sim.config.Config
-    model: Any  # fedjax_sim.models.Model
-    data: Any  # fedjax_sim.data.FederatedData
-    local: Any  # fedjax_sim.core.cohort.LocalSpec
-    cohort: int  # K, clients per round
+    task: `tasks.Task`; model: `models.Model`; client_optimizer / server_optimizer:
+    `core.optim.OptimizerSpec`; schedule: `core.local.Schedule` of one round's local training;
+    max_n: padded client length N_max; batch_size: the requested local batch (for builders that
+    make other schedules); mapping: `core.mapping.ClientMapping` (may be ``auto``); formulation:
+    the requested local formulation (``auto`` | ``materialized`` | ``factored``); weighting:
+    ``samples`` | ``uniform``; cohort: K clients per round; num_clients: C.
+    """
+
+    task: Any
+    model: Any
+    client_optimizer: Any
+    server_optimizer: Any
+    schedule: Any
+    max_n: int
+    batch_size: int
+    mapping: Any
+    formulation: str
+    weighting: str
+    cohort: int
+    num_clients: int
 
 
-ALGORITHMS: dict[str, Callable[[BuildContext], Algorithm]] = {}
+ALGORITHMS: dict[str, Callable[..., Algorithm]] = {}
 DESCRIPTIONS: dict[str, str] = {}
+SECTION_OF: dict[str, str] = {}
 
 
-def register(name: str, description: str):
-    """Decorator: registers ``builder(ctx: BuildContext) -> Algorithm`` under ``name``."""
+def register(name: str, description: str, section: type | None = None):
+    """Decorator: registers ``builder(ctx: BuildContext, hp) -> Algorithm`` under ``name``.
+
+    ``section``: the algorithm's config dataclass, with class attributes ``NAME`` (the section
+    name, e.g. ``fedrema``; several algorithms may share one) and optionally ``ALIASES`` (old
+    dotted names -> new ones). ``hp`` is that section's value in the run config (None without).
+    """
 
     def wrap(builder):
         ALGORITHMS[name] = builder
         DESCRIPTIONS[name] = description
+        if section is not None:
+            config_lib.register_section(section.NAME, section, getattr(section, "ALIASES", None))
+            SECTION_OF[name] = section.NAME
         return builder
 
     return wrap
 
 
-def build(name: str, ctx: BuildContext) -> Algorithm:
+def check_name(name: str) -> None:
     if name not in ALGORITHMS:
         raise ConfigError("algorithm", name, "one of " + ", ".join(sorted(ALGORITHMS)))
-    return ALGORITHMS[name](ctx)
+
+
+def build(name: str, ctx: BuildContext, cfg) -> Algorithm:
+    """Builds algorithm ``name``; only its own section of ``cfg`` reaches the builder."""
+    check_name(name)
+    section = SECTION_OF.get(name)
+    return ALGORITHMS[name](ctx, getattr(cfg, section) if section else None)

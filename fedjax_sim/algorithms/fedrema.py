@@ -1,11 +1,14 @@
 """FedReMa (Liang et al., ECAI 2024; specs/fedrema.md): a global body, personalized heads.
 
-Each round the cohort trains body + own head locally (per-client optimizer state, e.g. SGD
-momentum, persists across rounds, spec §7.11). The server then
-  - averages the bodies (sample-weighted mean, `aggregators.weighted_mean`) and broadcasts it;
-  - mixes each participant's head from its relevant peers (`aggregators.relevance_matching`):
+Assembled on `algorithms.split`: each round the cohort trains body + own head locally
+(per-client optimizer state, e.g. SGD momentum, persists across rounds, spec §7.11). The server
+aggregates ``partition({"body": chain(mean(), server_optimizer(opt)), "head":
+relevance_matching(...)})``:
+  - the body: sample-weighted mean of the client deltas through the server optimizer (with the
+    default ``sgd(1.0)``, the weighted mean of the bodies [C]), broadcast to every client;
+  - each participant's head: mixed from its relevant peers (`aggregators.relevance_matching`):
     MDS over a similarity of the freshly trained heads during the Critical Co-learning Period,
-    then the CCP's historical selection frequencies.
+    then the CCP's historical selection frequencies [C].
 Clients outside the cohort keep their heads. Evaluation uses global body + own head.
 
 Registered variants: ``fedrema`` (ablation from ``fedrema.ablation``), and ``fedrema_no_ccp``,
@@ -13,106 +16,112 @@ Registered variants: ``fedrema`` (ablation from ``fedrema.ablation``), and ``fed
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 
-from fedjax_sim.aggregators import weighted_mean
-from fedjax_sim.aggregators.relevance import (RelevanceContext, class_prototypes, global_prototypes,
-                                              probe_similarity, proto_similarity, relevance_matching,
-                                              uniform_probes)
+from fedjax_sim.aggregators.relevance import (ABLATIONS, SIM_TYPES, class_prototypes,
+                                              global_prototypes, probe_similarity, proto_similarity,
+                                              relevance_matching, uniform_probes)
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
-from fedjax_sim.algorithms.common import (client_weights, local_opt, require_body_head,
-                                          round_metrics, select_cohort)
+from fedjax_sim.algorithms.common import require_classification
+from fedjax_sim.algorithms.split import make_split_algorithm, train_body_and_head
+from fedjax_sim.config import check
 from fedjax_sim.core.local import make_local_train
-from fedjax_sim.core.mapping import map_clients
-from fedjax_sim.core.sampling import gather, scatter
 from fedjax_sim.errors import ConfigError
 
 
+@dataclasses.dataclass
+class FedReMaConfig:
+    """FedReMa's hyper-parameters (specs/fedrema.md).
 
-def _fedrema(ctx: BuildContext, name: str, ablation: str | None = None) -> Algorithm:
-    cfg, model = ctx.config, ctx.model
-    fr = cfg.fedrema
-    ablation = ablation or fr.ablation
-    if not 0 < fr.delta <= 1:
-        raise ConfigError("fedrema.delta", fr.delta, "a number in (0, 1]")
+    delta: CCP end threshold in (0, 1]: the CCP ends when the mean MDS gap < delta * its running max.
+    sim_type: ``probe`` (one random uniform feature-space probe per reference client, the code's
+      default) or ``proto`` (global class prototypes as probes).
+    t_ref / t_peer: softmax temperatures of the reference client and of its peers (probe).
+    probe_scale: probes are Uniform[0, probe_scale)^d.
+    ablation: none | no_ccp (MDS every round) | no_history (after the CCP, uniform over every peer
+      ever chosen) | random_peers (random peer sets of the size MDS chose).
+    official_index_bug / official_inplace_mixing: replicate the official code's two bugs (§7.1, §7.2).
+    """
+
+    NAME = "fedrema"
+    delta: float = 0.5
+    sim_type: str = "probe"
+    t_ref: float = 0.5
+    t_peer: float = 1.0
+    probe_scale: float = 0.5
+    ablation: str = "none"
+    official_index_bug: bool = False
+    official_inplace_mixing: bool = False
+
+    def validate(self):
+        check(0 < self.delta <= 1, "fedrema.delta", self.delta, "a number in (0, 1]")
+        check(self.sim_type in SIM_TYPES, "fedrema.sim_type", self.sim_type, " or ".join(SIM_TYPES))
+        for name in ("t_ref", "t_peer", "probe_scale"):
+            value = getattr(self, name)
+            check(value > 0 and math.isfinite(value), f"fedrema.{name}", value, "a finite number > 0")
+        check(self.ablation in ABLATIONS, "fedrema.ablation", self.ablation, "one of " + ", ".join(ABLATIONS))
+
+
+def _fedrema(ctx: BuildContext, hp: FedReMaConfig, name: str, ablation: str | None = None) -> Algorithm:
+    hp.validate()
+    require_classification(ctx.task, name)
+    ablation = ablation or hp.ablation
     if ctx.cohort < 3:
-        field, value = ("cohort", cfg.cohort) if cfg.cohort else ("data.num_clients", ctx.data.num_clients)
-        raise ConfigError(field, value, f"at least 3 clients per round for {name} "
-                                        "(MDS needs >= 3 participants)")
-    require_body_head(ctx, name)
-    opt = local_opt(cfg)
-    train = make_local_train(model.apply, opt, ctx.local.schedule, ctx.local.max_n,
-                             clip_norm=cfg.local.clip_norm)
-    mapped = map_clients(lambda b, h, o, x, y, n, k: train({"body": b, "head": h}, o, x, y, n, k),
-                         (None, 0, 0, 0, 0, 0, 0), ctx.local.strategy, ctx.local.chunk_size)
-    aggregator = relevance_matching(fr.delta, ablation, fr.official_index_bug,
-                                    fr.official_inplace_mixing)
-    k_cohort, num_classes = ctx.cohort, ctx.data.num_classes
+        raise ConfigError("cohort", ctx.cohort, f"at least 3 clients per round for {name} "
+                                                "(MDS needs >= 3 participants)")
+    model, k_cohort, num_classes = ctx.model, ctx.cohort, ctx.task.num_classes
+    opt = ctx.client_optimizer.transform
+    train = make_local_train(ctx.task.loss, opt, ctx.schedule, ctx.max_n)
+    aggregator = relevance_matching(ctx.num_clients, hp.delta, ablation, hp.official_index_bug,
+                                    hp.official_inplace_mixing)
 
-    def similarity(key, trained, x, y, n, part):
-        if fr.sim_type == "probe":
-            probes = uniform_probes(key, k_cohort, model.feature_dim, fr.probe_scale)
-            return probe_similarity(model.head_apply, trained["head"], probes, fr.t_ref, fr.t_peer)
-        protos, counts = jax.vmap(lambda b, xc, yc, nc: class_prototypes(
-            model.body_apply, b, xc, yc, nc, num_classes))(trained["body"], x, y, n)
-        g, present = global_prototypes(protos, counts, part)
-        return proto_similarity(model.head_apply, trained["head"], g, present)
-
-    def init(key, data):
-        params = model.init(key)  # one initialization replicated to every client
-        c = data.num_clients
-        stack = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (c, *a.shape)), t)
-        return {"body": params["body"], "heads": stack(params["head"]),
-                "opt": stack(opt.init(params)), "relevance": aggregator.init(c)}
-
-    def round_fn(state, data, key):
-        k_sel, k_sim, k_agg = jax.random.split(key, 3)
-        idx, keys, (x, y, n) = select_cohort(k_sel, data, k_cohort)
-        heads, opt_state = gather((state["heads"], state["opt"]), idx)
-        trained, opt_state, stats = mapped(state["body"], heads, opt_state, x, y, n, keys)
-        part = jnp.ones(idx.shape, bool)
-        sim = similarity(k_sim, trained, x, y, n, part)
-        body = weighted_mean(trained["body"], client_weights(n, cfg.server.weighting))
-        (mixed, rel_stats), relevance = aggregator.update(
-            trained["head"], sim, state["relevance"], RelevanceContext(idx, part, k_agg))
-        heads_all, opt_all = scatter((state["heads"], state["opt"]), idx, (mixed, opt_state))
-        metrics = {**round_metrics(stats, n), **rel_stats}
-        return {"body": body, "heads": heads_all, "opt": opt_all, "relevance": relevance}, metrics
-
-    def client_params(state, data, key):
-        del key
-        c = data.num_clients
-        body = jax.tree.map(lambda a: jnp.broadcast_to(a, (c, *a.shape)), state["body"])
-        return {"body": body, "head": state["heads"]}
+    def similarity(key, trained, rows, n, idx):
+        """S [K, K] of the freshly trained heads, plus the aggregator's key."""
+        k_sim, k_agg = jax.random.split(key)
+        if hp.sim_type == "probe":
+            probes = uniform_probes(k_sim, k_cohort, model.feature_dim, hp.probe_scale)
+            sim = probe_similarity(model.head_apply, trained["head"], probes, hp.t_ref, hp.t_peer)
+        else:
+            protos, counts = jax.vmap(lambda b, x, y, nc: class_prototypes(
+                model.body_apply, b, x, y, nc, num_classes))(trained["body"], rows["x"], rows["y"], n)
+            g, present = global_prototypes(protos, counts, jnp.ones(idx.shape, bool))
+            sim = proto_similarity(model.head_apply, trained["head"], g, present)
+        return {"similarity": sim, "key": k_agg}
 
     def report(state):
-        ccp = state["relevance"].ccp
+        relevance = state.server["head"]
         # G [C, C]: how often each peer was chosen during the CCP (group-structure sanity checks)
-        return {"ccp_end_round": ccp.end_round, "ccp_active_at_end": ccp.is_ccp.astype(jnp.float32),
-                "dependency_matrix": state["relevance"].dep}
+        return {"ccp_end_round": relevance.ccp.end_round,
+                "ccp_active_at_end": relevance.ccp.is_ccp.astype(jnp.float32),
+                "dependency_matrix": relevance.dep}
 
-    return Algorithm(name, init, round_fn, None, client_params,
-                     {"formulation": "materialized", "fedrema_ablation": ablation}, report)
+    return make_split_algorithm(name, ctx, train_body_and_head(train), opt.init, aggregator,
+                                similarity, report, {"fedrema_ablation": ablation})
 
 
 @register("fedrema", "FedReMa: global body (weighted mean), heads mixed from MDS-relevant peers "
-                     "during the CCP, then by CCP selection frequency (fedrema.* options)")
-def fedrema(ctx: BuildContext) -> Algorithm:
-    return _fedrema(ctx, "fedrema")
+                     "during the CCP, then by CCP selection frequency (fedrema.* options)", FedReMaConfig)
+def fedrema(ctx: BuildContext, hp: FedReMaConfig) -> Algorithm:
+    return _fedrema(ctx, hp, "fedrema")
 
 
-@register("fedrema_no_ccp", "FedReMa ablation: MDS head weights every round (no CCP / history)")
-def fedrema_no_ccp(ctx: BuildContext) -> Algorithm:
-    return _fedrema(ctx, "fedrema_no_ccp", "no_ccp")
+@register("fedrema_no_ccp", "FedReMa ablation: MDS head weights every round (no CCP / history)",
+          FedReMaConfig)
+def fedrema_no_ccp(ctx: BuildContext, hp: FedReMaConfig) -> Algorithm:
+    return _fedrema(ctx, hp, "fedrema_no_ccp", "no_ccp")
 
 
 @register("fedrema_no_history", "FedReMa ablation: after the CCP, uniform over every peer chosen "
-                                "during it (no frequency weights)")
-def fedrema_no_history(ctx: BuildContext) -> Algorithm:
-    return _fedrema(ctx, "fedrema_no_history", "no_history")
+                                "during it (no frequency weights)", FedReMaConfig)
+def fedrema_no_history(ctx: BuildContext, hp: FedReMaConfig) -> Algorithm:
+    return _fedrema(ctx, hp, "fedrema_no_history", "no_history")
 
 
-@register("fedrema_random_peers", "FedReMa ablation: random peer sets of the size MDS chooses")
-def fedrema_random_peers(ctx: BuildContext) -> Algorithm:
-    return _fedrema(ctx, "fedrema_random_peers", "random_peers")
+@register("fedrema_random_peers", "FedReMa ablation: random peer sets of the size MDS chooses",
+          FedReMaConfig)
+def fedrema_random_peers(ctx: BuildContext, hp: FedReMaConfig) -> Algorithm:
+    return _fedrema(ctx, hp, "fedrema_random_peers", "random_peers")

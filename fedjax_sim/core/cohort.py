@@ -1,88 +1,86 @@
 """Training a cohort that starts from one shared model, returning stacked client deltas.
 
-This is where the local-step formulation is chosen (``materialized``: per-client weights,
-any optimizer, `core.local`; ``factored``: low-rank deltas for dense nets under plain SGD,
-`core.factored`) and where the client mapping is applied. FedAvg-family algorithms call this
-and never know which ran.
+This is where the local-step formulation is chosen (``materialized``: per-client weights, any
+optax optimizer, `core.local`; ``factored``: low-rank deltas for dense nets under plain SGD,
+`core.factored`) and, with it, how clients are mapped: the choice belongs to the code that uses
+it, so the runner never knows which ran. FedAvg-family algorithms call this.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fedjax_sim.core.factored import make_factored_train
-from fedjax_sim.core.local import GradCorrection, Schedule, make_local_train, make_optimizer
-from fedjax_sim.core.mapping import map_clients
-from fedjax_sim.models import Model, dense_chain_layers
+from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.mapping import ClientMapping
+from fedjax_sim.core.optim import OptimizerSpec, proximal
+from fedjax_sim.errors import ConfigError
 
 FORMULATIONS = ("auto", "materialized", "factored")
 
 
-class LocalSpec(NamedTuple):
-    """Everything static about local training (from ``Config.local`` and the data)."""
+class DenseLayout(NamedTuple):
+    """A dense chain's layer accessors (a model's, passed as functions so core imports no model):
+    ``layers_of(params) -> [{"kernel" [in, out], "bias" [out]}, ...]`` and
+    ``with_layers(params, layers) -> params``."""
 
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    clip_norm: float
-    schedule: Schedule
-    max_n: int
-    strategy: str
-    chunk_size: int
-    formulation: str
+    layers_of: Callable
+    with_layers: Callable
 
 
-def factored_eligible(model: Model, spec: LocalSpec) -> bool:
+def factored_eligible(task, layout: DenseLayout | None, optimizer: OptimizerSpec) -> bool:
     """Whether `core.factored` computes exactly what `core.local` would."""
-    return (model.dense_chain and spec.optimizer == "sgd" and spec.weight_decay == 0
-            and spec.clip_norm == 0)
+    return layout is not None and task.output_loss is not None and optimizer.plain_sgd
 
 
-def choose_formulation(model: Model, spec: LocalSpec, params) -> str:
+def choose_formulation(requested: str, task, layout: DenseLayout | None, optimizer: OptimizerSpec,
+                       schedule: Schedule, params_example) -> str:
     """``auto``: factored when eligible and the delta rank S*B is below the first layer's input
-    width (there the factored products are cheaper than per-client kernels)."""
-    if spec.formulation != "auto":
-        return spec.formulation
-    if not factored_eligible(model, spec):
+    width (there the factored products are cheaper than per-client kernels).
+    ConfigError for ``factored`` when it is not eligible."""
+    eligible = factored_eligible(task, layout, optimizer)
+    if requested == "factored" and not eligible:
+        raise ConfigError("local.formulation", "factored",
+                          "auto or materialized unless the model is an mlp trained with plain sgd "
+                          "(no momentum, weight decay or clipping) on a single-output task")
+    if requested != "auto":
+        return requested
+    if not eligible:
         return "materialized"
-    rank = spec.schedule.num_steps * spec.schedule.batch_size
-    fan_in = dense_chain_layers(params)[0]["kernel"].shape[0]
+    rank = schedule.num_steps * schedule.batch_size
+    fan_in = layout.layers_of(params_example)[0]["kernel"].shape[0]
     return "factored" if rank < fan_in else "materialized"
 
 
-def make_cohort_train(model: Model, spec: LocalSpec, params_example,
-                      prox_mu: float = 0.0) -> tuple[Callable, str]:
-    """Returns (train, formulation) with
-    ``train(params, x [K, N_max, ...], y [K, N_max], n [K], keys [K, 2]) -> (deltas, stats)``:
-    every client starts from the shared ``params`` and trains; ``deltas`` are stacked [K, ...]
-    (kernels may be `LowRankDelta`); ``stats`` is a [K] `LocalStats`.
-    With ``prox_mu > 0`` the FedProx term mu/2 ||w - params||^2 is added to every local loss.
+def make_cohort_train(task, layout: DenseLayout | None, optimizer: OptimizerSpec,
+                      schedule: Schedule, max_n: int, mapping: ClientMapping, params_example,
+                      formulation: str = "auto", prox_mu: float = 0.0) -> tuple[Callable, dict]:
+    """Returns (train, info) with ``train(params, data, n [K], keys [K]) -> (deltas, stats)``:
+    every client starts from the shared ``params`` and trains on its rows of ``data`` (leaves
+    [K, N_max, ...]); ``deltas`` are stacked [K, ...] (kernels may be `LowRankDelta`) and ``stats``
+    a [K] `LocalStats`. With ``prox_mu > 0`` the FedProx term mu/2 ||w - params||^2 is added to
+    every local loss. ``info``: the formulation and client mapping that were chosen.
     """
-    formulation = choose_formulation(model, spec, params_example)
-    if formulation == "factored":
-        one = make_factored_train(spec.schedule, spec.max_n, spec.lr, prox_mu)
-        mapped = map_clients(one, (None, 0, 0, 0, 0), spec.strategy, spec.chunk_size)
-        return mapped, formulation
+    form = choose_formulation(formulation, task, layout, optimizer, schedule, params_example)
+    if form == "factored":
+        # measured: the factored formulation is fastest under plain vmap on every backend, since
+        # its shared GEMMs then see the whole cohort (docs/performance.md)
+        mapping = mapping.resolved(prefer="vmap")
+        one = make_factored_train(task.output_loss, layout.layers_of, layout.with_layers, schedule,
+                                  max_n, optimizer.learning_rate, prox_mu)
+    else:
+        mapping = mapping.resolved()
+        transform = optimizer.transform
+        if prox_mu > 0:
+            transform = optax.chain(proximal(prox_mu), transform)
+        local_train = make_local_train(task.loss, transform, schedule, max_n)
 
-    opt = make_optimizer(spec.optimizer, spec.lr, spec.momentum, spec.weight_decay)
-    correction = proximal_correction(prox_mu) if prox_mu > 0 else None
-    local_train = make_local_train(model.apply, opt, spec.schedule, spec.max_n, correction,
-                                   spec.clip_norm)
+        def one(params, data, n, key):
+            new, _, stats = local_train(params, transform.init(params), data, n, key, {"anchor": params})
+            return jax.tree.map(jnp.subtract, new, params), stats
 
-    def one(params, x, y, n, key):
-        new, _, stats = local_train(params, opt.init(params), x, y, n, key, params)
-        return jax.tree.map(jnp.subtract, new, params), stats
-
-    return map_clients(one, (None, 0, 0, 0, 0), spec.strategy, spec.chunk_size), formulation
-
-
-def proximal_correction(mu: float) -> GradCorrection:
-    """FedProx: grad of mu/2 ||w - w_start||^2 added to the loss gradient (aux = w_start)."""
-
-    def correct(params, grads, start):
-        return jax.tree.map(lambda g, w, w0: g + mu * (w - w0), grads, params, start)
-
-    return correct
+    info = {"formulation": form, "client_mapping": mapping.strategy, "chunk_size": mapping.chunk_size}
+    return mapping.map(one, (None, 0, 0, 0)), info

@@ -1,30 +1,94 @@
 """Rounds fused with ``lax.scan`` between evaluation points, compiled once per run.
 
-A block always scans ``block_len`` rounds; rounds past the end of the run are masked with
-``lax.cond`` (skipped, state unchanged), so a run whose length is not a multiple of the
-evaluation interval still compiles exactly one program.
+The driver scans a `RoundInput` pytree: each round's key, index and activity flag, and for
+asynchronous methods the rows of a precomputed event schedule. A block always scans
+``block_len`` rounds; rounds past the end of the run are masked with ``lax.cond`` (skipped,
+state unchanged), so a run whose length is not a multiple of the evaluation interval still
+compiles exactly one program. `count_compiles` counts XLA compilations with JAX's own
+monitoring events, so a recompilation in the round loop is measured, not assumed away.
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import monitoring
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+COMPILE_EVENTS = (BACKEND_COMPILE_EVENT, "/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 
-def make_block(round_fn: Callable, state_example, data, key_example) -> Callable:
-    """Returns ``block(state, data, keys [L, 2], active [L] bool) -> (state, metrics [L])``.
+class RoundInput(NamedTuple):
+    """What one round receives besides state and data (leading [L] axis inside a block).
 
-    Inactive rounds return zeros for their metrics.
+    key: the round's PRNG key; index: [] int32 0-based round number; active: [] bool (False for
+    the padding rounds of the last block); events: the round's rows of a precomputed event
+    schedule (any pytree), or None.
     """
-    _, metrics_shape = jax.eval_shape(round_fn, state_example, data, key_example)
+
+    key: jax.Array
+    index: jax.Array
+    active: jax.Array
+    events: Any = None
+
+
+def round_inputs(keys: jax.Array, start: int, count: int, block_len: int, events=None) -> RoundInput:
+    """The [block_len] inputs of the block whose first round is ``start`` (``count`` real rounds).
+
+    ``keys`` [R, 2] are all rounds' keys; ``events`` leaves [R, ...] all rounds' event rows. Padding
+    rounds repeat the last real round's key and rows and are inactive.
+    """
+    pos = jnp.minimum(jnp.arange(block_len) + start, start + count - 1)
+    rows = None if events is None else jax.tree.map(lambda e: e[pos], events)
+    return RoundInput(keys[pos], (jnp.arange(block_len) + start).astype(jnp.int32),
+                      jnp.arange(block_len) < count, rows)
+
+
+def make_block(round_fn: Callable, state_example, data, input_example: RoundInput) -> Callable:
+    """Returns ``block(state, data, inputs: RoundInput [L]) -> (state, metrics [L])``.
+
+    ``input_example`` is one round's input (no leading axis). Inactive rounds leave the state
+    unchanged and return zeros for their metrics.
+    """
+    _, metrics_shape = jax.eval_shape(round_fn, state_example, data, input_example)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
 
-    def block(state, data, keys, active):
-        def body(state, inp):
-            key, act = inp
-            return jax.lax.cond(act, lambda s: round_fn(s, data, key), lambda s: (s, zeros), state)
+    def block(state, data, inputs):
+        def body(state, rin):
+            return jax.lax.cond(rin.active, lambda s: round_fn(s, data, rin), lambda s: (s, zeros), state)
 
-        return jax.lax.scan(body, state, (keys, active))
+        return jax.lax.scan(body, state, inputs)
 
     return block
+
+
+class CompileLog:
+    """Compilations seen by `count_compiles`: ``compiles`` (XLA backend compiles) and ``seconds``
+    (tracing + lowering + backend compile time)."""
+
+    def __init__(self):
+        self.compiles = 0
+        self.seconds = 0.0
+        self.names: list[str] = []
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts the XLA compilations (and their time) that happen inside the ``with`` block."""
+    log = CompileLog()
+
+    def listener(event, duration, **kwargs):
+        if event in COMPILE_EVENTS:
+            log.seconds += duration
+        if event == BACKEND_COMPILE_EVENT:
+            log.compiles += 1
+            log.names.append(str(kwargs.get("fun_name", "")))
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield log
+    finally:
+        monitoring.unregister_event_duration_listener(listener)

@@ -1,61 +1,69 @@
-"""On-device evaluation: the global model on the global test set, each client's own model on
-its own test split."""
+"""On-device evaluation with a task's metrics: the global model on the global test set, each
+client's own model on its own test split.
+
+A task's ``metrics(params, batch)`` returns masked sums with counts (`tasks.divide_metrics`); here
+they are summed over batches or clients and divided. Names: ``global_<metric>`` (pooled over the
+global test set), ``personalized_<metric>`` (mean over the clients that have rows for it of each
+client's own value), ``pooled_<metric>`` (all clients' rows pooled) and
+``personalized_<headline>_per_client`` [C] (0 where a client has no test rows).
+"""
 from __future__ import annotations
 
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedjax_sim.core.mapping import map_clients
-
-
-def _scores(apply_fn, params, x, y, mask):
-    """(correct, loss_sum, count) of ``params`` on rows x [M, ...], y [M], mask [M]."""
-    logits = apply_fn(params, x)
-    correct = jnp.sum((jnp.argmax(logits, -1) == y) * mask)
-    loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * mask)
-    return correct, loss, jnp.sum(mask)
+from fedjax_sim.core.mapping import ClientMapping
 
 
-def evaluate_global(apply_fn: Callable, params, x: jax.Array, y: jax.Array,
-                    batch_size: int = 512) -> dict:
-    """Accuracy and mean loss of one model on x [T, ...], y [T], in fixed-size batches."""
-    t = x.shape[0]
+def _divisor(name: str) -> str:
+    prefix, _, _ = name.rpartition("/")
+    return f"{prefix}/count" if prefix else "count"
+
+
+def _is_count(name: str) -> bool:
+    return name.rpartition("/")[2] == "count"
+
+
+def evaluate_global(metrics_fn: Callable, params, rows: dict, batch_size: int = 512) -> dict:
+    """``global_<metric>`` of one model on rows (leaves [T, ...]), in fixed-size batches."""
+    t = jax.tree.leaves(rows)[0].shape[0]
     nb = -(-t // batch_size)
     pad = nb * batch_size - t
-    xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(nb, batch_size, *x.shape[1:])
-    yb = jnp.pad(y, (0, pad)).reshape(nb, batch_size)
-    mb = (jnp.arange(nb * batch_size) < t).reshape(nb, batch_size)
-    correct, loss, count = jax.lax.map(lambda b: _scores(apply_fn, params, *b), (xb, yb, mb))
-    count = jnp.maximum(jnp.sum(count), 1)
-    return {"global_accuracy": jnp.sum(correct) / count, "global_loss": jnp.sum(loss) / count}
+
+    def batched(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(nb, batch_size, *a.shape[1:])
+
+    batches = {**jax.tree.map(batched, rows), "mask": (jnp.arange(nb * batch_size) < t).reshape(nb, batch_size)}
+    sums = jax.tree.map(lambda v: jnp.sum(v, 0), jax.lax.map(lambda b: metrics_fn(params, b), batches))
+    return {f"global_{k}": v / jnp.maximum(sums[_divisor(k)], 1) for k, v in sums.items() if not _is_count(k)}
 
 
-def evaluate_clients(apply_fn: Callable, params, x: jax.Array, y: jax.Array, n: jax.Array,
-                     stacked: bool, strategy: str = "vmap", chunk_size: int = 0) -> dict:
+def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, stacked: bool,
+                     headline: str, mapping: ClientMapping = ClientMapping("vmap")) -> dict:
     """Each client's model on its own test split.
 
     Args:
+      metrics_fn: a task's ``metrics``.
       params: one model shared by all clients (``stacked=False``) or [C, ...] per-client models.
-      x: [C, M_max, ...], y: [C, M_max], n: [C] valid test rows.
-
-    Returns:
-      ``personalized_accuracy``: mean over clients with test rows of their accuracy;
-      ``personalized_accuracy_per_client`` [C] (NaN-free: 0 where a client has no test rows);
-      ``pooled_accuracy``: all clients' correct / all rows; ``personalized_loss``: pooled loss.
+      rows: leaves [C, M_max, ...]; n: [C] valid test rows.
+      headline: the task's headline metric (reported per client).
     """
-    mask = jnp.arange(x.shape[1])[None, :] < n[:, None]
-    one = lambda p, xc, yc, mc: _scores(apply_fn, p, xc, yc, mc)
-    mapped = map_clients(one, (0 if stacked else None, 0, 0, 0), strategy, chunk_size)
-    correct, loss, count = mapped(params, x, y, mask)
-    has = count > 0
-    acc = jnp.where(has, correct / jnp.maximum(count, 1), 0.0)
-    total = jnp.maximum(jnp.sum(count), 1)
-    return {
-        "personalized_accuracy": jnp.sum(acc) / jnp.maximum(jnp.sum(has), 1),
-        "personalized_accuracy_per_client": acc,
-        "pooled_accuracy": jnp.sum(correct) / total,
-        "personalized_loss": jnp.sum(loss) / total,
-    }
+    m_max = jax.tree.leaves(rows)[0].shape[1]
+    mask = jnp.arange(m_max)[None, :] < n[:, None]
+    one = lambda p, r, mk: metrics_fn(p, {**r, "mask": mk})
+    sums = mapping.map(one, (0 if stacked else None, 0, 0))(params, rows, mask)  # {name: [C]}
+    out = {}
+    for name, value in sums.items():
+        if _is_count(name):
+            continue
+        count = sums[_divisor(name)]
+        has = count > 0
+        per_client = jnp.where(has, value / jnp.maximum(count, 1), 0.0)
+        out[f"personalized_{name}"] = jnp.sum(per_client) / jnp.maximum(jnp.sum(has), 1)
+        out[f"pooled_{name}"] = jnp.sum(value) / jnp.maximum(jnp.sum(count), 1)
+        if name == headline:
+            out[f"personalized_{name}_per_client"] = per_client
+    return out

@@ -15,8 +15,11 @@ Per-client [in, out] kernels, their gradients and their updates are never formed
 traffic is what makes plain vmap of per-client training slow on CPU (docs/performance.md). The
 result is the same model as `core.local` up to float reassociation (tests/test_core.py).
 
-Eligible: a ``dense_chain`` model (MLP), plain SGD (no momentum/Adam/weight decay/clipping),
-gradient corrections that are a uniform pull to the start point (FedProx: ``prox_mu``).
+Eligible: a ``dense_chain`` model (MLP), a task with an ``output_loss``, plain SGD (no
+momentum/Adam/weight decay/clipping), gradient corrections that are a uniform pull to the start
+point (FedProx: ``prox_mu``). The model's layer layout comes in as two functions
+(``layers_of(params) -> [{"kernel", "bias"}, ...]`` and ``with_layers(params, layers)``), so this
+module knows nothing about models.
 """
 from __future__ import annotations
 
@@ -25,9 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedjax_sim.aggregators import LowRankDelta
-from fedjax_sim.core.local import Schedule, batch_indices, masked_cross_entropy, summarize
-from fedjax_sim.models import dense_chain_layers, with_dense_chain_layers
+from fedjax_sim.core.local import Schedule, batch_indices, summarize
+from fedjax_sim.types import LowRankDelta
 
 Params = Any
 
@@ -44,8 +46,12 @@ def _forward(layers, a_fac, g_fac, biases, xb, eps):
     return h, inputs
 
 
-def make_factored_train(schedule: Schedule, max_n: int, lr: float, prox_mu: float = 0.0):
-    """Builds ``train(params, x, y, n, key) -> (delta, LocalStats)`` for one client.
+def make_factored_train(output_loss, layers_of, with_layers, schedule: Schedule, max_n: int,
+                        lr, prox_mu: float = 0.0):
+    """Builds ``train(params, data, n, key) -> (delta, LocalStats)`` for one client.
+
+    ``output_loss(outputs [B, ...], batch) -> scalar`` is the task's loss on the model outputs;
+    ``data`` leaves are [N_max, ...] with inputs ``x``.
 
     ``params`` is the shared starting model (map it with in_axes None). ``delta`` has the
     params' structure: kernels are `LowRankDelta` (a [R, in], g [R, out], R = S*B), biases dense
@@ -57,14 +63,14 @@ def make_factored_train(schedule: Schedule, max_n: int, lr: float, prox_mu: floa
     rank = steps * b_size
     shrink = 1.0 - lr * prox_mu
 
-    def loss_fn(eps, layers, a_fac, g_fac, biases, xb, yb, mb):
-        logits, inputs = _forward(layers, a_fac, g_fac, biases, xb, eps)
-        return masked_cross_entropy(logits, yb, mb), inputs
+    def loss_fn(eps, layers, a_fac, g_fac, biases, batch):
+        logits, inputs = _forward(layers, a_fac, g_fac, biases, batch["x"], eps)
+        return output_loss(logits, batch), inputs
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train(params, x, y, n, key):
-        layers = dense_chain_layers(params)
+    def train(params, data, n, key):
+        layers = layers_of(params)
         idx, mask = batch_indices(key, n, max_n, schedule)
         a0 = [jnp.zeros((rank, l["kernel"].shape[0]), l["kernel"].dtype) for l in layers]
         g0 = [jnp.zeros((rank, l["kernel"].shape[1]), l["kernel"].dtype) for l in layers]
@@ -74,7 +80,8 @@ def make_factored_train(schedule: Schedule, max_n: int, lr: float, prox_mu: floa
             a_fac, g_fac, biases = carry
             t, bidx, bmask = batch
             eps = [jnp.zeros((b_size, l["kernel"].shape[1]), l["kernel"].dtype) for l in layers]
-            (loss, inputs), grads = grad_fn(eps, layers, a_fac, g_fac, biases, x[bidx], y[bidx], bmask)
+            batch = {**jax.tree.map(lambda a: a[bidx], data), "mask": bmask}
+            (loss, inputs), grads = grad_fn(eps, layers, a_fac, g_fac, biases, batch)
             # an empty batch has zero gradients, so the step is a no-op except for the prox shrink
             active = jnp.any(bmask)
             decay = jnp.where(active, shrink, 1.0)
@@ -93,6 +100,6 @@ def make_factored_train(schedule: Schedule, max_n: int, lr: float, prox_mu: floa
             step, carry, (jnp.arange(steps), idx, mask))
         deltas = [{"kernel": LowRankDelta(a, g), "bias": b - b0}
                   for a, g, b, b0 in zip(a_fac, g_fac, biases, bias0)]
-        return with_dense_chain_layers(params, deltas), summarize(losses, active, mask)
+        return with_layers(params, deltas), summarize(losses, active, mask)
 
     return train

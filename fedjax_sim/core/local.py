@@ -69,12 +69,6 @@ def batch_indices(key: jax.Array, n: jax.Array, max_n: int, schedule: Schedule):
     return perms.reshape(s, b).astype(jnp.int32), mask.reshape(s, b)
 
 
-def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy over valid rows: logits [B, K], labels [B], mask [B]."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1)
-
-
 class LocalStats(NamedTuple):
     """loss: mean training loss over the non-empty steps; steps: how many there were;
     samples: how many valid rows were trained on (forward+backward passes)."""
@@ -90,66 +84,43 @@ def summarize(losses: jax.Array, active: jax.Array, mask: jax.Array) -> LocalSta
     return LocalStats(jnp.sum(losses) / jnp.maximum(steps, 1), steps, jnp.sum(mask))
 
 
-GradCorrection = Callable[[Params, Params, Any], Params]
+def make_local_train(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                     schedule: Schedule, max_n: int) -> Callable:
+    """The client program: builds ``train(params, opt_state, data, n, key, extras=None) ->
+    (params, opt_state, LocalStats)``, a masked ``lax.scan`` over the schedule's S steps.
 
+    Args:
+      loss_fn: a task's ``loss(params, batch, key) -> (scalar, aux)``; the batch is ``data``'s
+        rows of the step (leaves [B, ...]) plus ``mask`` [B].
+      optimizer: any optax transformation; ``extras`` (a dict) is passed to its ``update`` as
+        keyword arguments, which is how corrections read server context (`core.optim.proximal`
+        reads ``anchor``, `core.optim.control_variates` reads ``control``/``client_control``).
+      schedule, max_n: the static step count, batch size and padded length N_max.
 
-def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation,
-                     schedule: Schedule, max_n: int,
-                     grad_correction: GradCorrection | None = None,
-                     clip_norm: float = 0.0) -> Callable:
-    """Builds ``train(params, opt_state, x, y, n, key, aux) -> (params, opt_state, LocalStats)``.
-
-    Shapes (one client): x [N_max, ...], y [N_max], n []. ``aux`` is passed to
-    ``grad_correction(params, grads, aux) -> grads`` (FedProx's proximal pull, SCAFFOLD's control
-    variates); it may be ``None``.
+    The returned ``train`` works on one client: ``data`` leaves [N_max, ...], ``n`` [] valid rows.
+    A step whose batch is empty leaves params and optimizer state untouched. Batch rows come from
+    ``key`` (`batch_indices`); the per-step loss keys (dropout, sampling) from ``fold_in(key, 1)``.
     """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def loss_fn(params, xb, yb, mb):
-        return masked_cross_entropy(apply_fn(params, xb), yb, mb)
-
-    grad_fn = jax.value_and_grad(loss_fn)
-
-    def train(params, opt_state, x, y, n, key, aux=None):
+    def train(params, opt_state, data, n, key, extras=None):
+        extras = extras or {}
         idx, mask = batch_indices(key, n, max_n, schedule)
+        step_keys = jax.random.split(jax.random.fold_in(key, 1), schedule.num_steps)
 
-        def step(carry, batch):
+        def step(carry, inp):
             params, opt_state = carry
-            bidx, bmask = batch
-            loss, grads = grad_fn(params, x[bidx], y[bidx], bmask)
-            if grad_correction is not None:
-                grads = grad_correction(params, grads, aux)
-            if clip_norm > 0:
-                grads = clip_by_global_norm(grads, clip_norm)
-            updates, new_opt = optimizer.update(grads, opt_state, params)
+            bidx, bmask, k = inp
+            batch = {**jax.tree.map(lambda a: a[bidx], data), "mask": bmask}
+            (loss, _), grads = grad_fn(params, batch, k)
+            updates, new_opt = optimizer.update(grads, opt_state, params, **extras)
             new_params = optax.apply_updates(params, updates)
             active = jnp.any(bmask)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
             return (keep(new_params, params), keep(new_opt, opt_state)), (loss * active, active)
 
-        (params, opt_state), (losses, active) = jax.lax.scan(step, (params, opt_state), (idx, mask))
+        (params, opt_state), (losses, active) = jax.lax.scan(
+            step, (params, opt_state), (idx, mask, step_keys))
         return params, opt_state, summarize(losses, active, mask)
 
     return train
-
-
-def clip_by_global_norm(tree, max_norm: float):
-    """Scales ``tree`` so its global L2 norm is at most ``max_norm``."""
-    norm = optax.global_norm(tree)
-    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-    return jax.tree.map(lambda g: g * scale, tree)
-
-
-def make_optimizer(name: str, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """Client or server optimizer by name: ``sgd`` | ``momentum`` | ``adam``."""
-    if name == "sgd":
-        opt = optax.sgd(lr)
-    elif name == "momentum":
-        opt = optax.sgd(lr, momentum=momentum)
-    elif name == "adam":
-        opt = optax.adam(lr)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}")
-    if weight_decay > 0:
-        opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
-    return opt

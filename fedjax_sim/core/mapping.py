@@ -9,11 +9,31 @@ The default per backend is measured (docs/performance.md), not guessed.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 
 STRATEGIES = ("vmap", "chunked", "sequential")
+
+
+class ClientMapping(NamedTuple):
+    """How per-client functions are mapped: ``strategy`` (``auto`` or one of `STRATEGIES`) and
+    ``chunk_size`` (0 = default). ``auto`` is resolved by the code that maps (`resolve`), because
+    the best mapping depends on what is mapped (the factored client program prefers plain vmap)."""
+
+    strategy: str = "auto"
+    chunk_size: int = 0
+
+    def resolved(self, prefer: str | None = None) -> "ClientMapping":
+        """``auto`` -> ``prefer`` when given, else the measured backend default."""
+        if self.strategy == "auto" and prefer is not None:
+            return ClientMapping(*resolve(prefer, self.chunk_size))
+        return ClientMapping(*resolve(self.strategy, self.chunk_size))
+
+    def map(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
+        """`map_clients` with this mapping (resolved first)."""
+        m = self.resolved()
+        return map_clients(fn, in_axes, m.strategy, m.chunk_size)
 
 # Measured defaults (docs/performance.md, scripts/mapping_sweep.py).
 DEFAULT_STRATEGY = {"cpu": "chunked", "gpu": "vmap", "tpu": "vmap"}

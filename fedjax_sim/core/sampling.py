@@ -24,3 +24,12 @@ def gather(tree, idx: jax.Array):
 def scatter(tree, idx: jax.Array, values):
     """Writes cohort values [K, ...] back into stacked state [C, ...]."""
     return jax.tree.map(lambda a, v: a.at[idx].set(v), tree, values)
+
+
+def select_cohort(key: jax.Array, data, cohort: int):
+    """One round's cohort: (ids [K] int32, per-client keys [K, 2], cohort data (leaves
+    [K, N_max, ...]), n [K]). ``data`` is a `FederatedData` (its ``train`` / ``n_train``)."""
+    k_sample, k_train = jax.random.split(key)
+    idx = sample_cohort(k_sample, data.num_clients, cohort)
+    rows, n = gather((data.train, data.n_train), idx)
+    return idx, jax.random.split(k_train, idx.shape[0]), rows, n

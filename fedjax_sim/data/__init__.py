@@ -1,10 +1,12 @@
-"""Federated data: sources, partitioners, and the stacked `FederatedData` a run trains on."""
+"""Federated data: sources, leak-free train/test pools, partitioners, and the stacked
+`FederatedData` a run trains on."""
 from __future__ import annotations
 
 import numpy as np
 
-from fedjax_sim.data.build import build_federated, resolve_partition, resolve_seed, validate_data_config
-from fedjax_sim.data.federated import FederatedData, stack_clients
+from fedjax_sim.data.build import (Assignment, build_federated, resolve_partition, resolve_seed,
+                                   validate_data_config)
+from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients
 from fedjax_sim.data.partition import PARTITIONS
 from fedjax_sim.data.sources import DATASETS
 
@@ -14,27 +16,32 @@ def _stats(n: np.ndarray) -> dict:
 
 
 def describe(data: FederatedData) -> dict:
-    """Sizes for summaries: per-client train/test row stats, padding, global test size."""
+    """Sizes for summaries: per-client train/test row stats, padding, global test size, and the
+    target kind/shape (``class`` with num_classes, or ``real`` with num_classes 0)."""
     n_train, n_test = np.asarray(data.n_train), np.asarray(data.n_test)
     return {
         "name": data.name,
         "num_clients": data.num_clients,
         "num_classes": data.num_classes,
+        "target_kind": data.target_kind,
+        "target_shape": list(data.target_shape),
         "feature_shape": list(data.feature_shape),
         "train_per_client": _stats(n_train),
         "test_per_client": _stats(n_test),
         "max_train": data.max_train,
         "padding_fraction": float(1.0 - n_train.sum() / max(n_train.size * data.max_train, 1)),
-        "global_test": int(np.shape(data.y_global)[0]),
+        "global_test": data.global_size,
     }
 
 
 __all__ = [
     "DATASETS",
     "PARTITIONS",
+    "Assignment",
     "FederatedData",
     "build_federated",
     "describe",
+    "make_federated",
     "resolve_partition",
     "resolve_seed",
     "validate_data_config",

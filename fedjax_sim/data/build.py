@@ -1,29 +1,89 @@
-"""Config -> `FederatedData`: load the pool, partition it, split each client, stack.
+"""Config -> `FederatedData`: load a source, split it into pools, partition, draw tests, stack.
+
+Leak-free by construction: every source is split into a TRAIN POOL and a TEST POOL before any
+partitioning. Clients' training rows come only from the train pool, their test rows and the
+global test set only from the test pool, so no client's test example is in any client's training
+set (checked on row indices in tests/test_data.py; digits holds duplicate images, so comparing
+contents would not prove it).
 
 All of it runs on the host in numpy, seeded from one integer (the data seed, or the run seed
 when ``data.seed == -1``), so the same config and seed give identical arrays on every machine.
 The arrays are returned as numpy; the caller decides where they live (`jax.device_put`, sharding).
+
+`cfg` is a DataConfig-like object (`fedjax_sim.config.DataConfig`): only its attributes are read,
+and `data` does not import `fedjax_sim.config` (it sits on a lower floor).
 """
 from __future__ import annotations
 
 import inspect
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fedjax_sim.config import DataConfig
-from fedjax_sim.data.federated import FederatedData, stack_clients
-from fedjax_sim.data.partition import PARTITIONS, stratified_split
-from fedjax_sim.data.sources import DATASETS, check_finite
+from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients
+from fedjax_sim.data.partition import PARTITIONS, draw_client_tests, stratified_split
+from fedjax_sim.data.sources import DATASETS, Source, check_finite
 from fedjax_sim.errors import ConfigError
 
 NATURAL_SOURCES = ("synthetic",)  # sources whose clients come from the generator
+# `auto` for the other sources: label-wise Dirichlet, except where noted. diabetes: iid, because
+# its train pool (~354 rows) is too small for dirichlet_label's default min_size over 20 clients,
+# and a regression sanity source is most useful with a centralized-equivalent split; label skew
+# over its target strata is one `data.partition=` away.
+AUTO_PARTITION = {"synthetic": "natural", "diabetes": "iid"}
+REPLACEMENT_PARTITIONS = ("dominant_class",)  # partitioners with a with-replacement mode
+
+
+class Assignment(NamedTuple):
+    """Which source rows went where: host-side indices behind a `FederatedData` [I].
+
+    Attributes:
+      train: C int64 arrays; client c's training rows as indices into the train pool, in the order
+        of ``data.train`` row 0..n_train[c]-1.
+      test: C int64 arrays; client c's test rows as indices into the test pool, in the order of
+        ``data.test``. Pairwise disjoint.
+      train_source_ids: [n] int64 source-level id of each train-pool row.
+      test_source_ids: [T] int64 source-level id of each test-pool row; ``data.global_test`` row t
+        is test-pool row t.
+
+    Source-level ids number the source's rows once: for a source without a test split (digits,
+    diabetes) the row in the loaded dataset; with one (TFDS, synthetic) train rows 0..n-1, then
+    test rows n..n+T-1. The two id sets are disjoint by construction, which is the leak check.
+    """
+
+    train: list
+    test: list
+    train_source_ids: np.ndarray
+    test_source_ids: np.ndarray
+
+    def client_train_ids(self, c: int) -> np.ndarray:
+        return self.train_source_ids[self.train[c]]
+
+    def client_test_ids(self, c: int) -> np.ndarray:
+        return self.test_source_ids[self.test[c]]
+
+
+class Pools(NamedTuple):
+    """A source split into train and test pools (x, y, strata, natural client ids, source ids)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    strata: np.ndarray
+    groups: Any
+    ids: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_strata: np.ndarray
+    test_groups: Any
+    test_ids: np.ndarray
 
 
 def resolve_partition(cfg: DataConfig) -> str:
-    """``auto`` -> ``natural`` for sources with their own clients, else ``dirichlet_label``."""
+    """``auto`` -> ``natural`` for sources with their own clients (synthetic), ``iid`` for
+    ``diabetes`` (see AUTO_PARTITION), else ``dirichlet_label``."""
     if cfg.partition != "auto":
         return cfg.partition
-    return "natural" if cfg.dataset in NATURAL_SOURCES else "dirichlet_label"
+    return AUTO_PARTITION.get(cfg.dataset, "dirichlet_label")
 
 
 def resolve_seed(cfg: DataConfig, run_seed: int) -> int:
@@ -52,6 +112,10 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ConfigError("data.partition", partition,
                           f"auto or natural for data.dataset={cfg.dataset} "
                           "(its clients come from the generator)")
+    if getattr(cfg, "with_replacement", False) and partition not in REPLACEMENT_PARTITIONS:
+        raise ConfigError("data.with_replacement", cfg.with_replacement,
+                          f"false for data.partition={partition} (only "
+                          f"{', '.join(REPLACEMENT_PARTITIONS)} has a with-replacement mode)")
 
 
 def _knobs(fn, cfg: DataConfig, **extra) -> dict:
@@ -62,73 +126,115 @@ def _knobs(fn, cfg: DataConfig, **extra) -> dict:
     return {k: v for k, v in values.items() if k in wanted}
 
 
-def build_federated(cfg: DataConfig, run_seed: int) -> FederatedData:
-    """Builds the federated dataset a run trains on.
+def split_pools(src: Source, global_test_fraction: float, rng: np.random.Generator) -> Pools:
+    """The source's train and test pools, before any partitioning.
 
-    1. Load the source's pool (and test split). Without a test split (`digits`) a stratified
-       `global_test_fraction` of the pool is held out as the global test set. For
-       `dominant_class` the pool is train and test merged (FedReMa [C]); its global test set is
-       then the union of the clients' test rows that are in no client's train rows.
-    2. Partition the pool over `num_clients` clients (`PARTITIONS[resolve_partition(cfg)]`).
-    3. Split each client into train/test with `test_fraction`, stratified by label within the
-       client (`stratified_split`: test follows the client's own mix, >= 1 train row each, a
-       single-example client has no test rows). `synthetic` keeps FedProx's own 90/10 split.
-    4. Pad and stack (`stack_clients`, min_rows=1).
+    With a test split (TFDS, synthetic) the pools are the source's own train and test rows. Without
+    one (digits, diabetes) a stratified `global_test_fraction` of the rows (by strata: labels, or
+    target bins) is held out as the test pool and the rest is the train pool. A `standardize`
+    source is then standardized with train-pool statistics (per-feature x; y), the same affine map
+    applied to the test pool.
+    """
+    if src.target_kind != "class" and (src.strata is None
+                                       or (src.x_test is not None and src.test_strata is None)):
+        raise ValueError("a source with real-valued targets must give strata for both pools")
+    strata = src.y_pool if src.strata is None else src.strata
+    if src.x_test is None:
+        keep, held = stratified_split(strata, global_test_fraction, rng, field="data.global_test_fraction")
+        groups = src.client_ids
+        pools = Pools(src.x_pool[keep], src.y_pool[keep], np.asarray(strata)[keep],
+                      None if groups is None else groups[keep], keep.astype(np.int64),
+                      src.x_pool[held], src.y_pool[held], np.asarray(strata)[held],
+                      None if groups is None else groups[held], held.astype(np.int64))
+    else:
+        n, t = len(src.y_pool), len(src.y_test)
+        test_strata = src.y_test if src.test_strata is None else src.test_strata
+        pools = Pools(src.x_pool, src.y_pool, np.asarray(strata), src.client_ids,
+                      np.arange(n, dtype=np.int64), src.x_test, src.y_test, np.asarray(test_strata),
+                      src.test_client_ids, np.arange(n, n + t, dtype=np.int64))
+    if src.standardize:
+        x_mean, x_std = _moments(pools.x)
+        y_mean, y_std = _moments(pools.y)
+        pools = pools._replace(x=(pools.x - x_mean) / x_std, x_test=(pools.x_test - x_mean) / x_std,
+                               y=(pools.y - y_mean) / y_std, y_test=(pools.y_test - y_mean) / y_std)
+    return pools
+
+
+def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std (ddof 0, float64) over axis 0; a constant column gets std 1."""
+    a = np.asarray(a, np.float64)
+    mean, std = a.mean(axis=0), a.std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _by_group(groups: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    return [np.flatnonzero(groups == c).astype(np.int64) for c in range(num_clients)]
+
+
+def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = False):
+    """Builds the federated dataset a run trains on, with no train/test leak.
+
+    1. Load the source and split it into a train pool and a test pool (`split_pools`) BEFORE
+       partitioning: the source's own train/test splits, or for `digits` / `diabetes` (no test
+       split) a stratified `global_test_fraction` hold-out as the test pool. `diabetes` is then
+       standardized (x and y) with train-pool statistics.
+    2. Partition only the train pool over `num_clients` clients
+       (`PARTITIONS[resolve_partition(cfg)]`, on the pool's strata: class ids, or target bins for
+       regression). Every partitioner uses each example at most once, except `dominant_class` with
+       ``data.with_replacement=true`` (training rows reused across clients, as FedReMa's code).
+    3. Draw each client's test rows from the test pool (`draw_client_tests`): without replacement,
+       disjoint across clients, following the client's own training mix. `data.test_fraction` = f
+       means: per class k, a client asks for train_count[c, k] · f / (1 - f) test rows (so about
+       f of its train + test rows are test); when the pool's class k cannot meet the total demand,
+       what it has is apportioned in proportion to demand. `synthetic` keeps FedProx's per-device
+       90/10 split instead: its train rows are the train pool, its test rows the test pool, and
+       both are partitioned `natural`.
+    4. Global test set = the whole test pool (so the client test sets are subsets of it).
+    5. Pad and stack (`stack_clients`, min_rows=1).
 
     Randomness: one `np.random.SeedSequence(seed)` spawns independent streams for the source,
-    the global hold-out, the partition and the per-client splits.
+    the hold-out, the partition and the test draw.
 
     Args:
-      cfg: the data section of the run config.
+      cfg: the data section of the run config (DataConfig-like; attributes are only read).
       run_seed: `Config.seed`, used when `cfg.seed == -1`.
+      return_assignment: also return the `Assignment` (row indices behind the arrays).
 
     Returns:
-      FederatedData with numpy leaves: x_train [C, N_max, ...], y_train/n_train, x_test
-      [C, M_max, ...], y_test/n_test, x_global [T, ...], y_global [T].
+      FederatedData with numpy leaves: train {"x" [C, N_max, ...] float32, "y" [C, N_max] int32
+      class ids or float32 targets}, n_train [C], test {"x", "y"} [C, M_max, ...], n_test [C],
+      global_test {"x", "y"} [T, ...]; or (FederatedData, Assignment) with `return_assignment`.
     """
     validate_data_config(cfg)
     partition = resolve_partition(cfg)
     streams = np.random.SeedSequence(resolve_seed(cfg, run_seed)).spawn(4)
-    source_rng, holdout_rng, partition_rng, split_rng = (np.random.default_rng(s) for s in streams)
+    source_rng, holdout_rng, partition_rng, test_rng = (np.random.default_rng(s) for s in streams)
 
     src = DATASETS[cfg.dataset](cfg, source_rng)
-    x, y = src.x_pool, src.y_pool
-    x_global, y_global = src.x_test, src.y_test
-    merged = partition == "dominant_class"
-    if merged:
-        if x_global is not None:
-            x, y = np.concatenate([x, x_global]), np.concatenate([y, y_global])
-    elif x_global is None:
-        keep, held = stratified_split(y, cfg.global_test_fraction, holdout_rng)
-        x_global, y_global, x, y = x[held], y[held], x[keep], y[keep]
-    check_finite(x, x_global)
-    if cfg.num_clients > len(y):
+    pools = split_pools(src, cfg.global_test_fraction, holdout_rng)
+    real = src.target_kind == "real"
+    check_finite(pools.x, pools.x_test, *((pools.y, pools.y_test) if real else ()))
+    if cfg.num_clients > len(pools.y):
         raise ConfigError("data.num_clients", cfg.num_clients,
-                          f"at most {len(y)} (the examples in the {cfg.dataset} pool)")
+                          f"at most {len(pools.y)} (the examples in the {cfg.dataset} train pool)")
 
     fn = PARTITIONS[partition]
-    clients = fn(y, cfg.num_clients, partition_rng, **_knobs(fn, cfg, groups=src.client_ids))
+    train_idx = fn(pools.strata, cfg.num_clients, partition_rng,
+                   **_knobs(fn, cfg, groups=pools.groups))
+    if partition == "natural":
+        test_idx = _by_group(pools.test_groups, cfg.num_clients)
+    else:
+        test_idx = draw_client_tests(pools.strata, train_idx, pools.test_strata, cfg.test_fraction,
+                                     test_rng)
 
-    train_idx, test_idx = [], []
-    for idx in clients:
-        if src.test_mask is not None:
-            in_test = src.test_mask[idx]
-            train_idx.append(idx[~in_test])
-            test_idx.append(idx[in_test])
-        else:
-            train_pos, test_pos = stratified_split(y[idx], cfg.test_fraction, split_rng)
-            train_idx.append(idx[train_pos])
-            test_idx.append(idx[test_pos])
-
+    ydtype = np.float32 if real else np.int32
+    y, y_test = pools.y.astype(ydtype), pools.y_test.astype(ydtype)
+    x, x_test = pools.x.astype(np.float32), pools.x_test.astype(np.float32)
     x_train, y_train, n_train = stack_clients([x[i] for i in train_idx], [y[i] for i in train_idx])
-    x_test, y_test, n_test = stack_clients([x[i] for i in test_idx], [y[i] for i in test_idx])
-    if merged:
-        tested = np.unique(np.concatenate(test_idx))
-        unseen = np.setdiff1d(tested, np.concatenate(train_idx))
-        global_rows = unseen if len(unseen) else tested
-        x_global, y_global = x[global_rows], y[global_rows]
-    return FederatedData(
-        x_train=x_train, y_train=y_train, n_train=n_train,
-        x_test=x_test, y_test=y_test, n_test=n_test,
-        x_global=np.asarray(x_global, np.float32), y_global=np.asarray(y_global, np.int32),
-        num_classes=int(src.num_classes), name=cfg.dataset)
+    x_ctest, y_ctest, n_test = stack_clients([x_test[i] for i in test_idx], [y_test[i] for i in test_idx])
+    data = make_federated(x_train, y_train, n_train, x_ctest, y_ctest, n_test, x_test, y_test,
+                          num_classes=int(src.num_classes), target_kind=src.target_kind,
+                          name=cfg.dataset)
+    if not return_assignment:
+        return data
+    return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.test_ids)

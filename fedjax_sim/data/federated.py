@@ -2,13 +2,18 @@
 
 Clients have unequal sizes; arrays are padded to the largest client and `n_*` holds the number
 of valid rows, so every shape is static and a whole population lives on device as a handful of
-arrays.
+arrays. Examples are pytrees (``{"x": ..., "y": ...}``; a multi-task source has one target per
+task), so nothing here assumes labels are class ids.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.struct
 import jax
 import numpy as np
+
+TARGET_KINDS = ("class", "real")
 
 
 @flax.struct.dataclass
@@ -16,28 +21,25 @@ class FederatedData:
     """Stacked, padded per-client data plus a global test set.
 
     Attributes:
-      x_train: [C, N_max, *feature_shape] float32 client training inputs (padding rows are 0).
-      y_train: [C, N_max] int32 labels (padding rows are 0).
-      n_train: [C] int32 valid rows per client.
-      x_test: [C, M_max, *feature_shape] per-client test inputs, drawn from each client's own
-        distribution.
-      y_test: [C, M_max] int32.
+      train: dict of [C, N_max, ...] leaves, at least ``x`` (inputs) and ``y`` (targets: int32
+        class ids [C, N_max] or float32 values [C, N_max, ...]); padding rows are 0.
+      n_train: [C] int32 valid training rows per client.
+      test: dict of [C, M_max, ...] leaves, the same keys: each client's own test split, drawn
+        from its own distribution and disjoint from every client's training rows.
       n_test: [C] int32.
-      x_global: [T, *feature_shape] global test inputs.
-      y_global: [T] int32.
-      num_classes: static number of classes.
+      global_test: dict of [T, ...] leaves, the same keys.
+      num_classes: static number of classes (0 for real-valued targets).
+      target_kind: static ``class`` (y holds class ids) or ``real`` (y holds real values).
       name: static dataset name (for summaries).
     """
 
-    x_train: jax.Array
-    y_train: jax.Array
+    train: dict
     n_train: jax.Array
-    x_test: jax.Array
-    y_test: jax.Array
+    test: dict
     n_test: jax.Array
-    x_global: jax.Array
-    y_global: jax.Array
+    global_test: dict
     num_classes: int = flax.struct.field(pytree_node=False, default=10)
+    target_kind: str = flax.struct.field(pytree_node=False, default="class")
     name: str = flax.struct.field(pytree_node=False, default="")
 
     @property
@@ -46,11 +48,28 @@ class FederatedData:
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[2:])
+        return tuple(self.train["x"].shape[2:])
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """Per-example target shape: () for class ids and scalar regression."""
+        return tuple(self.train["y"].shape[2:])
 
     @property
     def max_train(self) -> int:
-        return int(self.x_train.shape[1])
+        return int(self.train["x"].shape[1])
+
+    @property
+    def global_size(self) -> int:
+        return int(jax.tree.leaves(self.global_test)[0].shape[0])
+
+
+def make_federated(x_train, y_train, n_train, x_test, y_test, n_test, x_global, y_global, *,
+                   num_classes: int = 10, target_kind: str = "class", name: str = "") -> FederatedData:
+    """FederatedData from (x, y) arrays, the common single-target case."""
+    return FederatedData({"x": x_train, "y": y_train}, n_train, {"x": x_test, "y": y_test}, n_test,
+                         {"x": x_global, "y": y_global}, num_classes=num_classes,
+                         target_kind=target_kind, name=name)
 
 
 def stack_clients(xs: list[np.ndarray], ys: list[np.ndarray], min_rows: int = 1):
@@ -58,18 +77,19 @@ def stack_clients(xs: list[np.ndarray], ys: list[np.ndarray], min_rows: int = 1)
 
     Args:
       xs: C arrays [n_c, *feature_shape].
-      ys: C arrays [n_c].
+      ys: C arrays [n_c, *target_shape] (int class ids or float values; the dtype is kept).
       min_rows: the padded length is at least this (so clients with no test rows still give a
         non-empty axis).
 
     Returns:
-      (x [C, N_max, ...], y [C, N_max], n [C]) as numpy arrays; padding is zeros.
+      (x [C, N_max, ...] float32, y [C, N_max, ...], n [C] int32) as numpy arrays; padding is 0.
     """
     n = np.array([len(y) for y in ys], dtype=np.int32)
     n_max = max(int(n.max(initial=0)), min_rows)
     feat = xs[0].shape[1:]
+    ydtype: Any = np.int32 if np.issubdtype(np.asarray(ys[0]).dtype, np.integer) else np.float32
     x = np.zeros((len(xs), n_max, *feat), dtype=np.float32)
-    y = np.zeros((len(ys), n_max), dtype=np.int32)
+    y = np.zeros((len(ys), n_max, *np.asarray(ys[0]).shape[1:]), dtype=ydtype)
     for c, (xc, yc) in enumerate(zip(xs, ys)):
         x[c, : len(yc)] = xc
         y[c, : len(yc)] = yc

@@ -1,18 +1,22 @@
-"""Host-side partitioners: which pool examples each client holds.
+"""Host-side partitioners: which train-pool examples each client holds.
 
 Every partitioner is a pure numpy function
 
     fn(labels [n] int, num_clients C, rng: np.random.Generator, *, <knobs>) -> list of C int64 arrays
 
-returning, per client, indices into the pool. Knob names are the `DataConfig` field names, and a bad
+returning, per client, indices into the *train pool* (`build_federated` splits every source into
+a train pool and a test pool before any partitioning; client test sets come from the test pool,
+see `draw_client_tests`). `labels` are the pool's strata: class ids for classification, quantile
+bins of the target for regression sources. Knob names are the `DataConfig` field names, and a bad
 knob raises `ConfigError` naming that field (``data.<knob>``). Which convention each one follows is
 in its docstring (tags as in ``specs/datasets.md``: [C] = taken from the cited code, [I] = our
 choice). Every client gets at least one example.
 
-Coverage: `iid`, `dirichlet_label`, `pathological`, `quantity_skew` and `natural` place every pool
-example in exactly one client; `dirichlet_client` and `dominant_class` draw a subset (and
-`dominant_class` may reuse examples across clients once a class block wraps around, as the
-official code does).
+At most once: every partitioner assigns each pool example to at most one client. `iid`,
+`dirichlet_label`, `pathological`, `quantity_skew` and `natural` place every example in exactly
+one client; `dirichlet_client` and `dominant_class` draw a subset. The only exception is the
+documented with-replacement mode of `dominant_class` (``data.with_replacement=true``), which
+reuses training examples across clients the way the official FedReMa code does.
 """
 from __future__ import annotations
 
@@ -224,33 +228,89 @@ def dominant_class_groups(num_classes: int, classes_per_group: int) -> list[list
             for g in range(num_classes // step)]
 
 
-def dominant_class(labels, num_clients, rng, *, samples_per_client=0, dominant_fraction=0.2,
-                   dominant_classes=3):
-    """FedReMa's "by_s" partition (``specs/datasets.md`` §5) [C].
+def _dominant_counts(per_client: int, num_classes: int, dominant_fraction: float,
+                     dominant_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One client's (iid_counts [K], group_counts [m]) for `dominant_class` at size `per_client`."""
+    num_iid = int(per_client * dominant_fraction)
+    return (_even_parts(num_iid, num_classes), _even_parts(per_client - num_iid, dominant_classes))
 
-    Each client takes `samples_per_client` (0 = n // C) examples: s = floor(npc · dominant_fraction)
-    spread over all K classes, the other npc - s over the `dominant_classes` classes of its group
-    (`dominant_class_groups`); client c uses group floor(c·G/C) (the code's floor(c·5/20)). Both
-    shares are split evenly with the remainder on the last classes (400 -> 133/133/134 [C]; the
-    code puts the whole IID remainder on the last class, we spread it [I]; identical when
-    npc · s is a multiple of K, as in the paper's 500 · 0.2).
+
+def _dominant_need(per_client: int, num_clients: int, num_classes: int, dominant_fraction: float,
+                   dominant_classes: int) -> np.ndarray:
+    """[K] examples of each class that `dominant_class` hands out over all clients at one size."""
+    groups = dominant_class_groups(num_classes, dominant_classes)
+    iid_counts, group_counts = _dominant_counts(per_client, num_classes, dominant_fraction,
+                                                dominant_classes)
+    need = num_clients * iid_counts
+    for c in range(num_clients):
+        np.add.at(need, groups[c * len(groups) // num_clients], group_counts)
+    return need
+
+
+def dominant_class_max_size(labels, num_clients: int, *, dominant_fraction: float = 0.2,
+                            dominant_classes: int = 3) -> int:
+    """The largest `samples_per_client` for which `dominant_class` needs no example twice [I].
+
+    The per-class demand of the partition (`_dominant_need`) is non-decreasing in the client size
+    (both shares only grow), so this is a bisection over [0, n // C] for the largest size whose
+    demand fits every class block. 0 means that not even one example per client fits.
+    """
+    _, by_class = _classes(np.asarray(labels))
+    sizes = np.array([len(b) for b in by_class], dtype=np.int64)
+    num_classes = len(sizes)
+
+    def fits(npc: int) -> bool:
+        return bool((_dominant_need(npc, num_clients, num_classes, dominant_fraction,
+                                    int(dominant_classes)) <= sizes).all())
+
+    lo, hi = 0, len(labels) // max(num_clients, 1)  # fits(0) holds; find the last size that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def dominant_class(labels, num_clients, rng, *, samples_per_client=0, dominant_fraction=0.2,
+                   dominant_classes=3, with_replacement=False):
+    """FedReMa's "by_s" partition (``specs/datasets.md`` §5) [C], applied to the train pool.
+
+    Each client takes `samples_per_client` (npc) training examples: s = floor(npc ·
+    dominant_fraction) spread over all K classes, the other npc - s over the `dominant_classes`
+    classes of its group (`dominant_class_groups`); client c uses group floor(c·G/C) (the code's
+    floor(c·5/20)). Both shares are split evenly with the remainder on the last classes
+    (400 -> 133/133/134 [C]; the code puts the whole IID remainder on the last class, we spread it
+    [I]; identical when npc · s is a multiple of K, as in the paper's 500 · 0.2).
 
     Each class is a block of its examples in pool order (no shuffle: deterministic, as in the code;
-    `rng` is unused). One cursor per class walks the block sequentially across clients, so examples
-    are not reused until the block is exhausted; then it wraps around modulo the block size
-    (examples are reused by later clients). Deviations [I]: the code starts every cursor at offset
-    2000 (sized for CIFAR-10's 6000 per class) and, when a request does not fit, restarts at 0
-    skipping the tail; we start at 0 (small pools such as digits have ~180 per class) and wrap
-    exactly. Classes are the distinct labels present, ranked (the code assumes equal class sizes
-    and class ids 0..K-1). The per-client 80/20 split and the merged train+test pool are done by
-    the caller (`build_federated`).
+    `rng` is unused). One cursor per class walks the block sequentially across clients.
+
+    Reuse (the leak fix) [I]:
+      * ``with_replacement=False`` (default): the cursor never wraps, so no example is given
+        twice. ``samples_per_client=0`` means the largest size that needs no example twice
+        (`dominant_class_max_size`, e.g. 55 on the digits train pool with 20 clients,
+        s = 0.2, m = 3); a larger explicit size raises ConfigError naming
+        ``data.samples_per_client`` with that maximum.
+      * ``with_replacement=True``: the cursor wraps around modulo the block size, as the
+        official code does, so later clients reuse earlier clients' *training* examples
+        (``samples_per_client=0`` then means train pool // C). Test rows are drawn afterwards
+        from the disjoint test pool, so reuse never puts a test example into training.
+
+    Deviations [I]: the code merges the dataset's train and test splits into one pool and splits
+    each client 80/20 afterwards, which (with wrap-around) put 19-23% of the client test images
+    of digits into another client's training set; here only the train pool is partitioned, so
+    `samples_per_client` counts *training* rows (the paper's 500 at 80/20 is
+    ``samples_per_client=400, test_fraction=0.2``). The code starts every cursor at offset 2000
+    (sized for CIFAR-10's 6000 per class) and, when a request does not fit, restarts at 0 skipping
+    the tail; we start at 0 (small pools such as digits have ~144 training rows per class) and
+    wrap exactly. Classes are the distinct labels present, ranked (the code assumes equal class
+    sizes and class ids 0..K-1).
 
     Returns:
-      C int64 index arrays of npc examples each.
+      C int64 index arrays of npc examples each; disjoint unless `with_replacement`.
     """
     n = len(labels)
     _check_population(n, num_clients)
-    _, by_class = _classes(labels)
+    class_ids, by_class = _classes(labels)
     num_classes = len(by_class)
     m = int(dominant_classes)
     if not 1 <= m <= num_classes:
@@ -258,25 +318,47 @@ def dominant_class(labels, num_clients, rng, *, samples_per_client=0, dominant_f
                           f"an integer in [1, {num_classes}] (classes in the pool)")
     if not 0 <= dominant_fraction <= 1:
         raise ConfigError("data.dominant_fraction", dominant_fraction, "a number in [0, 1]")
-    per_client = int(samples_per_client) or n // num_clients
-    if per_client < 1:
-        raise ConfigError("data.samples_per_client", samples_per_client, "0 (= pool // clients) or >= 1")
+    if samples_per_client < 0:
+        raise ConfigError("data.samples_per_client", samples_per_client, "an integer >= 0")
+    if with_replacement:
+        per_client = int(samples_per_client) or n // num_clients
+    else:
+        largest = dominant_class_max_size(labels, num_clients, dominant_fraction=dominant_fraction,
+                                          dominant_classes=m)
+        reuse = ("or set data.with_replacement=true to reuse training examples across clients "
+                 "as the FedReMa code does")
+        if largest < 1:
+            raise ConfigError("data.samples_per_client", samples_per_client,
+                              f"none fits: even 1 example per client would use an example twice "
+                              f"({num_clients} clients); use fewer data.num_clients, {reuse}")
+        per_client = int(samples_per_client) or largest
+        if per_client > largest:
+            raise ConfigError("data.samples_per_client", samples_per_client,
+                              f"0 (= the largest size without reuse) or an integer in [1, {largest}] "
+                              f"(larger sizes would give some training example to two clients), "
+                              f"{reuse}")
     groups = dominant_class_groups(num_classes, m)
-    num_iid = int(per_client * dominant_fraction)
-    iid_counts = _even_parts(num_iid, num_classes)
-    group_counts = _even_parts(per_client - num_iid, m)
-    biggest = max(int(iid_counts.max()), int(group_counts.max()))
-    smallest = min(len(b) for b in by_class)
-    if biggest > smallest:
-        raise ConfigError("data.samples_per_client", samples_per_client,
-                          f"small enough that one client never needs more than the {smallest} "
-                          f"examples of the smallest class (it needs {biggest})")
+    iid_counts, group_counts = _dominant_counts(per_client, num_classes, dominant_fraction, m)
+    sizes = np.array([len(b) for b in by_class], dtype=np.int64)
+    for group in groups:  # only reachable with replacement: one client would hold a row twice
+        one_client = iid_counts.copy()
+        np.add.at(one_client, group, group_counts)
+        k = int(np.argmax(one_client - sizes))
+        if one_client[k] > sizes[k]:
+            raise ConfigError("data.samples_per_client", samples_per_client,
+                              f"small enough that one client never needs more than the {sizes[k]} "
+                              f"examples of class {class_ids[k]} in the pool (it needs {one_client[k]})")
     cursor = np.zeros(num_classes, dtype=np.int64)
 
     def take(k: int, count: int) -> np.ndarray:
         block = by_class[k]
-        rows = block[(cursor[k] + np.arange(count)) % len(block)]
-        cursor[k] = (cursor[k] + count) % len(block)
+        if with_replacement:
+            rows = block[(cursor[k] + np.arange(count)) % len(block)]
+            cursor[k] = (cursor[k] + count) % len(block)
+        else:  # dominant_class_max_size guarantees the block is never exhausted
+            assert cursor[k] + count <= len(block)
+            rows = block[cursor[k]:cursor[k] + count]
+            cursor[k] += count
         return rows
 
     clients = []
@@ -334,17 +416,20 @@ PARTITIONS = {
 }
 
 
-def stratified_split(labels, test_fraction, rng):
+def stratified_split(labels, test_fraction, rng, field="data.test_fraction"):
     """Splits positions 0..n-1 into (train, test), stratified by label.
 
-    The test size is min(round(test_fraction · n), n - 1), so at least one row stays in train and a
-    single-example set has no test row; it is apportioned over the labels in proportion to their
-    counts (largest remainder, ties broken at random), so test follows the set's own label mix.
+    Used for the global hold-out of sources without a test split (`digits`, `diabetes`): the
+    test side becomes the test pool. The test size is min(round(test_fraction · n), n - 1), so at
+    least one row stays in train and a single-example set has no test row; it is apportioned over
+    the labels in proportion to their counts (largest remainder, ties broken at random), so test
+    follows the set's own label mix.
 
     Args:
-      labels: [n] int labels.
+      labels: [n] int labels (or strata).
       test_fraction: in (0, 1).
       rng: numpy Generator.
+      field: the config field named when `test_fraction` is out of range.
 
     Returns:
       (train_pos, test_pos): int64 arrays of positions into `labels`, each in random order.
@@ -352,7 +437,7 @@ def stratified_split(labels, test_fraction, rng):
     labels = np.asarray(labels)
     n = len(labels)
     if not 0 < test_fraction < 1:
-        raise ConfigError("data.test_fraction", test_fraction, "a number in (0, 1)")
+        raise ConfigError(field, test_fraction, "a number in (0, 1)")
     num_test = min(int(round(test_fraction * n)), max(n - 1, 0))
     classes, members = _classes(labels)
     counts = np.array([len(m) for m in members], dtype=np.int64)
@@ -365,3 +450,44 @@ def stratified_split(labels, test_fraction, rng):
     train_pos = rng.permutation(np.concatenate(train).astype(np.int64)) if train else np.zeros(0, np.int64)
     test_pos = rng.permutation(np.concatenate(test).astype(np.int64)) if test else np.zeros(0, np.int64)
     return train_pos, test_pos
+
+
+def draw_client_tests(train_labels, clients, test_labels, test_fraction, rng):
+    """Each client's test rows, drawn from the test pool following its own training mix [I].
+
+    Per class (stratum) k, client c asks for d[c, k] = train_count[c, k] · f / (1 - f) test rows
+    (f = `test_fraction`, so a client's test rows are about f of its train + test rows, the
+    meaning the per-client 80/20 split had). Class k hands out T_k = min(round(sum_c d[c, k]),
+    S_k) rows, S_k being the test pool's class-k supply, apportioned over the clients in
+    proportion to d[:, k] (`apportion`: largest remainder, random tie-break): each client gets
+    about its demand when the pool suffices, and the same share of its demand as every other
+    client when it does not. Rows are taken from a random permutation of the class-k pool and cut
+    into consecutive chunks, so they are drawn without replacement and no test-pool row goes to two
+    clients; training reuse (with-replacement `dominant_class`) counts with its multiplicity.
+
+    Args:
+      train_labels: [n] int strata of the train pool.
+      clients: C int arrays of train-pool indices (the partition).
+      test_labels: [T] int strata of the test pool.
+      test_fraction: f in (0, 1).
+      rng: numpy Generator.
+
+    Returns:
+      C int64 arrays of test-pool indices, pairwise disjoint (a client may get none).
+    """
+    if not 0 < test_fraction < 1:
+        raise ConfigError("data.test_fraction", test_fraction, "a number in (0, 1)")
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    classes = np.unique(np.concatenate([train_labels, test_labels]))
+    ratio = test_fraction / (1.0 - test_fraction)
+    demand = np.stack([
+        np.bincount(np.searchsorted(classes, train_labels[idx]), minlength=len(classes))
+        for idx in clients]).astype(np.float64) * ratio  # [C, K]
+    parts: list[list[np.ndarray]] = [[] for _ in clients]
+    for k, label in enumerate(classes):
+        supply = rng.permutation(np.flatnonzero(test_labels == label))
+        total = min(int(np.floor(demand[:, k].sum() + 0.5)), len(supply))
+        counts = apportion(total, demand[:, k], rng)
+        for c, chunk in enumerate(np.split(supply[:total], np.cumsum(counts)[:-1])):
+            parts[c].append(chunk)
+    return [rng.permutation(np.concatenate(p).astype(np.int64)) for p in parts]

@@ -1,35 +1,48 @@
-"""Data sources: a pool of examples (and a test split when the dataset has one), as numpy.
+"""Data sources: a train pool and (when the dataset has one) a test pool of examples, as numpy.
 
-A loader is ``loader(cfg: DataConfig, rng: np.random.Generator) -> Source``. Nothing here touches
-the network: embedded sources are bundled or generated, and TFDS sources read prepared
+A loader is ``loader(cfg, rng: np.random.Generator) -> Source``, where `cfg` is a DataConfig-like
+object (only its attributes are read; `data` does not import `fedjax_sim.config`). Nothing here
+touches the network: embedded sources are bundled or generated, and TFDS sources read prepared
 ArrayRecord files through ``tfds.data_source(..., download=False)`` (no TensorFlow needed).
+
+The builder never mixes the two pools: clients' training rows come only from the train pool,
+their test rows and the global test set only from the test pool (`build.build_federated`).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
-from fedjax_sim.config import DataConfig
 from fedjax_sim.errors import ConfigError, DataUnavailableError
 
 SYNTHETIC_MAX_SAMPLES = 10_000
+DIABETES_STRATA = 5  # quantile bins of the target used as `strata` for the regression source
 
 
 class Source(NamedTuple):
     """What a loader returns.
 
     Attributes:
-      x_pool: [n, *feature_shape] float32 examples to partition over clients.
-      y_pool: [n] int32 labels.
-      x_test: [T, *feature_shape] float32 global test inputs, or None (then the builder holds out
-        a stratified `global_test_fraction` of the pool).
-      y_test: [T] int32, or None.
-      num_classes: number of classes (from the dataset's metadata, not the labels seen).
-      client_ids: [n] int client of each pool example for sources with their own clients
-        (`synthetic`), else None.
-      test_mask: [n] bool, True where the source itself puts the example in its client's test
-        split (`synthetic`: FedProx's 90/10), else None.
+      x_pool: [n, *feature_shape] float32 train-pool inputs (the only rows partitioned over
+        clients for training).
+      y_pool: [n] int32 class ids, or [n, *target_shape] float32 targets (`target_kind` real).
+      x_test: [T, *feature_shape] float32 test-pool inputs (the dataset's own test split), or
+        None: then the builder holds out a stratified `global_test_fraction` of the pool as the
+        test pool and keeps the rest as the train pool.
+      y_test: [T] like `y_pool`, or None.
+      num_classes: number of classes (from the dataset's metadata, not the labels seen); 0 for
+        real-valued targets.
+      client_ids: [n] int client of each train-pool row for sources with their own clients
+        (`synthetic`, partition `natural`), else None.
+      test_client_ids: [T] int client of each test-pool row for those sources, else None.
+      strata: [n] int stratum of each train-pool row, used by the label-based partitioners and to
+        match each client's test mix to its training mix; None = `y_pool` (class ids).
+        Regression sources give quantile bins of the target.
+      test_strata: [T] int strata of the test pool (None = `y_test`).
+      target_kind: ``class`` or ``real``.
+      standardize: the builder standardizes x (per feature) and y with the *train pool's* mean
+        and std (after the hold-out), applying the same affine map to the test pool.
     """
 
     x_pool: np.ndarray
@@ -38,13 +51,18 @@ class Source(NamedTuple):
     y_test: Optional[np.ndarray]
     num_classes: int
     client_ids: Optional[np.ndarray] = None
-    test_mask: Optional[np.ndarray] = None
+    test_client_ids: Optional[np.ndarray] = None
+    strata: Optional[np.ndarray] = None
+    test_strata: Optional[np.ndarray] = None
+    target_kind: str = "class"
+    standardize: bool = False
 
 
-def load_digits(cfg: DataConfig, rng: np.random.Generator) -> Source:
+def load_digits(cfg: Any, rng: np.random.Generator) -> Source:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): x [n, 8, 8, 1] in [0, 1].
 
-    No test split: the builder holds out `global_test_fraction`, stratified, with the data seed.
+    No test split: the builder holds out `global_test_fraction` as the test pool, stratified by
+    label, with the data seed.
     """
     del cfg, rng
     from sklearn.datasets import load_digits as sk_load_digits
@@ -52,6 +70,43 @@ def load_digits(cfg: DataConfig, rng: np.random.Generator) -> Source:
     digits = sk_load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[..., None]
     return Source(x, digits.target.astype(np.int32), None, None, 10)
+
+
+def quantile_strata(y: np.ndarray, num_bins: int) -> np.ndarray:
+    """[n] int bin of each target in 0..num_bins-1, at the empirical quantiles of `y` [I].
+
+    Bin edges are the interior quantiles 1/B, ..., (B-1)/B; a value on an edge goes to the upper
+    bin. Ties can make bins unequal (or empty, then the bin simply does not occur).
+    """
+    y = np.asarray(y, np.float64).reshape(len(y), -1)[:, 0]
+    edges = np.quantile(y, np.arange(1, num_bins) / num_bins)
+    return np.searchsorted(edges, y, side="right").astype(np.int32)
+
+
+def load_diabetes(cfg: Any, rng: np.random.Generator) -> Source:
+    """scikit-learn's bundled diabetes regression set (442 patients, 10 features, no network).
+
+    x [n, 10] float32 (age, sex, bmi, bp, s1-s6, raw units), y [n] float32 disease progression
+    one year after baseline (25-346). Regression: `target_kind` real, num_classes 0. No test split:
+    the builder holds out a stratified `global_test_fraction` as the test pool. Both x (per
+    feature) and y are then standardized with the train pool's mean and std (`standardize`), so
+    a model predicts y in train-pool standard units: MSE 1.0 is the constant-mean predictor;
+    multiply by std(y_train) (about 77) to get original units.
+
+    Strata [I]: DIABETES_STRATA = 5 quantile bins (quintiles) of y over all 442 rows, so every
+    stratum holds ~88 rows (~70 in the train pool): enough for 20 clients to each see several per
+    stratum, few enough that the label-skew partitioners (dirichlet_label, pathological,
+    dominant_class, ...) produce visibly different target ranges per client. The bins decide only
+    which rows go where (hold-out, partition, test matching); they never enter x or y.
+    """
+    del cfg, rng
+    from sklearn.datasets import load_diabetes as sk_load_diabetes
+
+    data = sk_load_diabetes(scaled=False)
+    x = np.asarray(data.data, np.float32)
+    y = np.asarray(data.target, np.float32)
+    return Source(x, y, None, None, 0, strata=quantile_strata(y, DIABETES_STRATA),
+                  target_kind="real", standardize=True)
 
 
 def synthetic_fedprox(num_clients: int, rng: np.random.Generator, *, alpha: float, beta: float,
@@ -100,12 +155,13 @@ def synthetic_fedprox(num_clients: int, rng: np.random.Generator, *, alpha: floa
             np.stack(ws), np.stack(bs))
 
 
-def load_synthetic(cfg: DataConfig, rng: np.random.Generator) -> Source:
+def load_synthetic(cfg: Any, rng: np.random.Generator) -> Source:
     """FedProx Synthetic with one device per client (partition `natural`).
 
     Each device's own split is FedProx's: the first floor(0.9 n_k) of its (i.i.d.) samples train,
-    the rest test [C]; `data.test_fraction` does not apply. The global test set is all devices'
-    test parts concatenated.
+    the rest test [C]. Those train rows are the train pool and those test rows the test pool
+    (`client_ids` / `test_client_ids` name their device), so `data.test_fraction` does not apply;
+    the global test set is all devices' test rows.
     """
     x, y, client_ids, _, _ = synthetic_fedprox(
         cfg.num_clients, rng, alpha=cfg.synthetic_alpha, beta=cfg.synthetic_beta,
@@ -114,7 +170,9 @@ def load_synthetic(cfg: DataConfig, rng: np.random.Generator) -> Source:
     starts = np.cumsum(sizes) - sizes
     position = np.arange(len(y)) - starts[client_ids]
     test_mask = position >= (9 * sizes // 10)[client_ids]  # floor(0.9 n_k) train, exact in ints
-    return Source(x, y, x[test_mask], y[test_mask], 10, client_ids, test_mask)
+    train = ~test_mask
+    return Source(x[train], y[train], x[test_mask], y[test_mask], 10,
+                  client_ids=client_ids[train], test_client_ids=client_ids[test_mask])
 
 
 def _read_all(ds, chunk: int = 4096) -> list:
@@ -159,10 +217,10 @@ def _unavailable(name: str, data_dir: str, error: Exception) -> DataUnavailableE
         f"--set data.data_dir={target}." + (f" [TFDS: {type(error).__name__}: {cause}]" if prepared else ""))
 
 
-def load_tfds(name: str, cfg: DataConfig) -> Source:
+def load_tfds(name: str, cfg: Any) -> Source:
     """A TFDS image-classification dataset via random access: x [n, H, W, C] float32 in [0, 1].
 
-    Pool = the `train` split, global test = the `test` split; num_classes from the dataset info.
+    Train pool = the `train` split, test pool (and global test set) = the `test` split; num_classes from the dataset info.
     Raises DataUnavailableError when the ArrayRecord files are not on this machine.
     """
     try:
@@ -182,8 +240,8 @@ def load_tfds(name: str, cfg: DataConfig) -> Source:
     return Source(x_pool, y_pool, x_test, y_test, num_classes)
 
 
-def _tfds_loader(name: str) -> Callable[[DataConfig, np.random.Generator], Source]:
-    def loader(cfg: DataConfig, rng: np.random.Generator) -> Source:
+def _tfds_loader(name: str) -> Callable[[Any, np.random.Generator], Source]:
+    def loader(cfg: Any, rng: np.random.Generator) -> Source:
         del rng
         return load_tfds(name, cfg)
 
@@ -195,8 +253,9 @@ def _tfds_loader(name: str) -> Callable[[DataConfig, np.random.Generator], Sourc
 TFDS_NAMES = ("mnist", "fashion_mnist", "emnist/balanced", "emnist/letters", "emnist/byclass",
               "cifar10", "cifar100")
 
-DATASETS: dict[str, Callable[[DataConfig, np.random.Generator], Source]] = {
+DATASETS: dict[str, Callable[[Any, np.random.Generator], Source]] = {
     "digits": load_digits,
+    "diabetes": load_diabetes,
     "synthetic": load_synthetic,
     **{name: _tfds_loader(name) for name in TFDS_NAMES},
 }

@@ -80,7 +80,9 @@ class Model(NamedTuple):
     init(key) -> {"body", "head"} params; apply(params, x [B, *feature_shape]) -> logits [B, K];
     body_apply(body_params, x) -> features [B, feature_dim]; head_apply(head_params, f) -> logits.
     ``dense_chain`` is True when the whole model is dense layers with ReLU between them (an MLP),
-    which lets `core.factored` train it without materializing per-client weights.
+    which lets `core.factored` train it without materializing per-client weights; then
+    ``layers_of`` / ``with_layers`` read and replace its layers (`dense_chain_layers`).
+    ``num_outputs`` is the width of the last layer (classes, or regression outputs).
     """
 
     name: str
@@ -90,6 +92,9 @@ class Model(NamedTuple):
     head_apply: Callable[[Params, jax.Array], jax.Array]
     feature_dim: int
     dense_chain: bool
+    num_outputs: int = 0
+    layers_of: Callable | None = None
+    with_layers: Callable | None = None
 
 
 def _split(widths: Sequence[int], head_layers: int):
@@ -126,7 +131,9 @@ def make_classifier(name: str, feature_shape: tuple[int, ...], num_classes: int,
     def apply(p, x):
         return head_apply(p["head"], body_apply(p["body"], x))
 
-    return Model(name, init, apply, body_apply, head_apply, feature_dim, not conv_channels)
+    dense = not conv_channels
+    return Model(name, init, apply, body_apply, head_apply, feature_dim, dense, num_classes,
+                 dense_chain_layers if dense else None, with_dense_chain_layers if dense else None)
 
 
 def mlp(feature_shape, num_classes, hidden=(200, 200), head_layers=1) -> Model:

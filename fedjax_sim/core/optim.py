@@ -1,0 +1,145 @@
+"""Client and server optimizers: any optax optimizer, hyper-parameters injected as arrays.
+
+Every optimizer is built with `optax.inject_hyperparams`, so its learning rate (and momentum,
+betas, ...) live in the optimizer *state* as arrays: a sweep can set or `vmap` them without
+rebuilding the program. Corrections that need server context are gradient transformations that
+read extra arguments (`optax.GradientTransformationExtraArgs`): `proximal` (FedProx) and
+`control_variates` (SCAFFOLD). Chain them in front of the optimizer with `optax.chain`; the
+client program passes the extras to ``update``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from fedjax_sim.errors import ConfigError
+
+# optax optimizers that take ``learning_rate`` first (``momentum`` is SGD with momentum).
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adagrad", "adabelief", "adamax", "amsgrad",
+              "lamb", "lion", "nadam", "novograd", "radam", "rmsprop", "yogi")
+
+
+class OptimizerSpec(NamedTuple):
+    """An optax transform plus the facts other code needs to reason about it.
+
+    transform: `optax.GradientTransformationExtraArgs` (clipping and weight decay chained in).
+    name: the optimizer's name; hyperparams: the injected values (floats);
+    clip_norm / weight_decay: 0 when off.
+    """
+
+    transform: optax.GradientTransformationExtraArgs
+    name: str
+    hyperparams: dict
+    clip_norm: float = 0.0
+    weight_decay: float = 0.0
+
+    @property
+    def learning_rate(self) -> float:
+        return self.hyperparams["learning_rate"]
+
+    @property
+    def plain_sgd(self) -> bool:
+        """w <- w - lr * g exactly (what the factored client program and SCAFFOLD assume)."""
+        return (self.name == "sgd" and not self.hyperparams.get("momentum")
+                and self.clip_norm == 0 and self.weight_decay == 0)
+
+
+def parse_optimizer_args(text: str, field: str) -> dict:
+    """``"b1=0.9,eps=1e-6,nesterov=true"`` -> {"b1": 0.9, "eps": 1e-6, "nesterov": True}."""
+    out: dict[str, Any] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(field, text, "comma-separated key=value hyper-parameters, e.g. b1=0.9,eps=1e-6")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        low = raw.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        try:
+            out[key] = float(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
+                   weight_decay: float = 0.0, clip_norm: float = 0.0, args: str = "",
+                   field: str = "local", params_example=None) -> OptimizerSpec:
+    """An optax optimizer by name with injected hyper-parameters.
+
+    ``name``: one of `OPTIMIZERS` (``momentum`` = SGD with ``momentum``); ``args``: extra keyword
+    hyper-parameters of the optax function (``"b1=0.9,eps=1e-6"``). Gradients are clipped to
+    ``clip_norm`` (global norm) and weight decay is added before the optimizer. With
+    ``params_example`` the transform is traced once on it (`jax.eval_shape`, nothing compiles), so
+    a hyper-parameter that optax rejects fails here. Errors name ``<field>.optimizer`` or
+    ``<field>.optimizer_args``.
+    """
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"{field}.optimizer", name, "one of " + ", ".join(OPTIMIZERS))
+    extra = parse_optimizer_args(args, f"{field}.optimizer_args")
+    factory = optax.sgd if name in ("sgd", "momentum") else getattr(optax, name)
+    hyper: dict[str, Any] = {"learning_rate": float(learning_rate)}
+    if name == "momentum":
+        hyper["momentum"] = float(momentum)
+    allowed = [p for p in inspect.signature(factory).parameters if p != "learning_rate"]
+    for key, value in extra.items():
+        if key not in allowed or key in hyper:
+            raise ConfigError(f"{field}.optimizer_args", args,
+                              f"hyper-parameters of optax.{factory.__name__} other than those set "
+                              f"by {field}.lr/{field}.momentum: {', '.join(allowed)}")
+        hyper[key] = value
+    static = tuple(k for k, v in hyper.items() if isinstance(v, (bool, str)))
+    try:
+        inner = optax.inject_hyperparams(factory, static_args=static)(**hyper)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{field}.optimizer_args", args, f"values optax.{factory.__name__} accepts ({e})") from None
+    parts = []
+    if clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    if weight_decay > 0:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    transform = optax.chain(*parts, inner)
+    if params_example is not None:
+        check_transform(transform, params_example, f"{field}.optimizer_args", args)
+    return OptimizerSpec(transform, name, {k: v for k, v in hyper.items() if k not in static},
+                         clip_norm, weight_decay)
+
+
+def check_transform(transform, params_example, field: str, value) -> None:
+    """Traces init + one update on ``params_example`` shapes; ConfigError if optax rejects it."""
+    try:
+        state = jax.eval_shape(transform.init, params_example)
+        jax.eval_shape(lambda g, s, p: transform.update(g, s, p), params_example, state, params_example)
+    except Exception as e:  # noqa: BLE001 - optax raises many types for bad hyper-parameters
+        raise ConfigError(field, value, f"hyper-parameters optax accepts ({type(e).__name__}: "
+                                        f"{str(e).splitlines()[0][:160]})") from None
+
+
+def proximal(mu) -> optax.GradientTransformationExtraArgs:
+    """FedProx: adds the gradient of mu/2 ||w - anchor||^2, i.e. ``g + mu (w - anchor)``.
+
+    Extra argument ``anchor``: the model the client started from (the global model).
+    ``mu`` may be an array (a swept hyper-parameter).
+    """
+
+    def update(updates, state, params=None, *, anchor=None, **extra):
+        del extra
+        return jax.tree.map(lambda g, w, w0: g + mu * (w - w0), updates, params, anchor), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def control_variates() -> optax.GradientTransformationExtraArgs:
+    """SCAFFOLD: ``g + c - c_i`` with extra arguments ``control`` (c) and ``client_control`` (c_i)."""
+
+    def update(updates, state, params=None, *, control=None, client_control=None, **extra):
+        del params, extra
+        return jax.tree.map(lambda g, c, ci: g + c - ci, updates, control, client_control), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+

@@ -1,0 +1,187 @@
+"""Tasks: what is learned, independent of federation (DESIGN section 3).
+
+A `Task` is a pair of pure functions over a model's parameters and a batch pytree:
+
+  loss(params, batch, key) -> (scalar, aux)   mean over the valid rows of the batch
+  metrics(params, batch) -> {name: scalar}    masked *sums*; the evaluator divides them
+
+A batch is the client data pytree with leaves [B, ...] (``x``, ``y``, ...) plus ``mask`` [B]
+(False for padding and empty steps). Metric sums come with counts: a key ``"count"`` divides
+every unprefixed metric, and ``"<task>/count"`` divides every ``"<task>/..."`` metric of a
+multi-task model (`divide_metrics`), so a client without rows for a task simply has count 0.
+
+Built here: `classification` (softmax cross-entropy, accuracy), `regression` (MSE or MAE),
+and `multitask` (a dict of those over a shared batch, each task with its own per-row mask).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Any
+Batch = dict
+
+
+class Pointwise(NamedTuple):
+    """Per-row pieces of a single-output task.
+
+    per_row_loss(outputs [B, ...], y [B, ...]) -> [B]; per_row_metrics(outputs, y) -> {name: [B]};
+    headline: the metric a run is judged by; higher_is_better: its direction.
+    """
+
+    per_row_loss: Callable[[jax.Array, jax.Array], jax.Array]
+    per_row_metrics: Callable[[jax.Array, jax.Array], dict]
+    headline: str
+    higher_is_better: bool
+    target_kind: str  # "class" | "real"
+
+
+class Task(NamedTuple):
+    """What is learned. ``loss`` and ``metrics`` are the protocol; the rest describes them.
+
+    output_loss(outputs, batch) -> scalar: the loss as a function of the model's outputs, for
+    client programs that compute outputs themselves (`core.factored`); None for multi-task.
+    """
+
+    loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, Any]]
+    metrics: Callable[[Params, Batch], dict]
+    name: str
+    headline: str
+    higher_is_better: bool
+    target_kind: str  # "class" | "real" | "multi"
+    num_classes: int = 0
+    output_loss: Callable[[jax.Array, Batch], jax.Array] | None = None
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of values [B] over rows where mask [B] is True (0 for an empty mask)."""
+    m = mask.astype(values.dtype)
+    return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1)
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over valid rows: logits [B, K], labels [B], mask [B]."""
+    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), mask)
+
+
+def divide_metrics(sums: Mapping[str, jax.Array]) -> dict:
+    """Turns masked sums into means: ``a/b`` by ``a/count``, ``b`` by ``count``; counts dropped."""
+    out = {}
+    for name, value in sums.items():
+        prefix, _, leaf = name.rpartition("/")
+        if leaf == "count":
+            continue
+        count = sums[f"{prefix}/count" if prefix else "count"]
+        out[name] = value / jnp.maximum(count, 1)
+    return out
+
+
+def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: int = 0) -> Task:
+    def output_loss(outputs, batch):
+        return masked_mean(pointwise.per_row_loss(outputs, batch["y"]), batch["mask"])
+
+    def loss(params, batch, key):
+        del key
+        return output_loss(apply_fn(params, batch["x"]), batch), None
+
+    def metrics(params, batch):
+        outputs = apply_fn(params, batch["x"])
+        m = batch["mask"].astype(jnp.float32)
+        sums = {k: jnp.sum(v * m) for k, v in pointwise.per_row_metrics(outputs, batch["y"]).items()}
+        return {**sums, "loss": jnp.sum(pointwise.per_row_loss(outputs, batch["y"]) * m),
+                "count": jnp.sum(m)}
+
+    return Task(loss, metrics, name, pointwise.headline, pointwise.higher_is_better,
+                pointwise.target_kind, num_classes, output_loss)
+
+
+def classification_pointwise() -> Pointwise:
+    """Softmax cross-entropy on logits [B, K] against int labels [B]; accuracy."""
+    return Pointwise(
+        per_row_loss=optax.softmax_cross_entropy_with_integer_labels,
+        per_row_metrics=lambda logits, y: {"accuracy": (jnp.argmax(logits, -1) == y).astype(jnp.float32)},
+        headline="accuracy", higher_is_better=True, target_kind="class")
+
+
+def _flat_error(outputs, y):
+    """outputs [B, ...] minus targets [B, ...], both flattened to [B, D] (a [B, 1] output
+    against [B] scalar targets is the usual case)."""
+    b = y.shape[0]
+    return outputs.reshape(b, -1) - y.reshape(b, -1).astype(outputs.dtype)
+
+
+def regression_pointwise(loss: str = "mse") -> Pointwise:
+    """Squared (``mse``) or absolute (``mae``) error, averaged over target dimensions."""
+    if loss not in REGRESSION_LOSSES:
+        raise ValueError(f"unknown regression loss {loss!r}; expected one of {REGRESSION_LOSSES}")
+    sq = lambda o, y: jnp.mean(jnp.square(_flat_error(o, y)), -1)
+    ab = lambda o, y: jnp.mean(jnp.abs(_flat_error(o, y)), -1)
+    return Pointwise(per_row_loss=sq if loss == "mse" else ab,
+                     per_row_metrics=lambda o, y: {"mse": sq(o, y), "mae": ab(o, y)},
+                     headline=loss, higher_is_better=False, target_kind="real")
+
+
+REGRESSION_LOSSES = ("mse", "mae")
+
+
+def classification(apply_fn: Callable, num_classes: int) -> Task:
+    """Single-label classification: ``apply_fn(params, x [B, ...]) -> logits [B, num_classes]``,
+    batch ``y`` [B] int class ids. Metrics: ``accuracy``, ``loss`` (cross-entropy)."""
+    return _single(classification_pointwise(), apply_fn, "classification", num_classes)
+
+
+def regression(apply_fn: Callable, loss: str = "mse") -> Task:
+    """Regression: ``apply_fn(params, x) -> [B, D]`` against ``y`` [B] or [B, ...] real targets.
+    The training loss is ``mse`` or ``mae``; metrics report both, plus ``loss``."""
+    return _single(regression_pointwise(loss), apply_fn, f"regression_{loss}")
+
+
+def multitask(apply_fn: Callable, tasks: Mapping[str, Pointwise],
+              weights: Mapping[str, float] | None = None) -> Task:
+    """Several tasks over one shared batch.
+
+    ``apply_fn(params, x) -> {task: outputs [B, ...]}``; batch ``y`` is ``{task: targets [B, ...]}``
+    and ``y_mask`` ``{task: [B] bool}`` marks the rows that carry each task (a client that does not
+    hold a task has all-False rows for it, so every client has the same static shapes). The loss
+    is ``sum_t weights[t] * masked mean_t``; metrics are ``"<task>/<metric>"`` with ``"<task>/count"``.
+    """
+    names = tuple(tasks)
+    weights = {t: 1.0 for t in names} if weights is None else dict(weights)
+
+    def task_masks(batch):
+        masks = batch.get("y_mask", {})
+        return {t: batch["mask"] & masks[t] if t in masks else batch["mask"] for t in names}
+
+    def loss(params, batch, key):
+        del key
+        outputs = apply_fn(params, batch["x"])
+        masks = task_masks(batch)
+        per_task = {t: masked_mean(tasks[t].per_row_loss(outputs[t], batch["y"][t]), masks[t])
+                    for t in names}
+        return sum(weights[t] * per_task[t] for t in names), per_task
+
+    def metrics(params, batch):
+        outputs = apply_fn(params, batch["x"])
+        masks = task_masks(batch)
+        out = {}
+        for t in names:
+            m = masks[t].astype(jnp.float32)
+            rows = tasks[t].per_row_metrics(outputs[t], batch["y"][t])
+            out.update({f"{t}/{k}": jnp.sum(v * m) for k, v in rows.items()})
+            out[f"{t}/loss"] = jnp.sum(tasks[t].per_row_loss(outputs[t], batch["y"][t]) * m)
+            out[f"{t}/count"] = jnp.sum(m)
+        return out
+
+    first = tasks[names[0]]
+    return Task(loss, metrics, "multitask", f"{names[0]}/{first.headline}", first.higher_is_better,
+                "multi")
+
+
+TASKS = ("auto", "classification", "regression_mse", "regression_mae")
+
+__all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification",
+           "classification_pointwise", "divide_metrics", "masked_cross_entropy", "masked_mean",
+           "multitask", "regression", "regression_pointwise"]
