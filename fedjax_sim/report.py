@@ -9,14 +9,28 @@ def _fmt(v, digits=4):
     return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def headline(summary: dict) -> str:
+    """The metric a run is judged by (``summary["task"]["headline"]``; older summaries and
+    hand-made ones without it: the first of accuracy / mse / mae present in ``final``)."""
+    if "task" in summary:
+        return summary["task"]["headline"]
+    final = summary.get("final", {})
+    for name in ("accuracy", "mse", "mae"):
+        if f"personalized_{name}" in final or f"global_{name}" in final:
+            return name
+    return "accuracy"
+
+
 def summary_table(summaries: list[dict]) -> str:
-    """Markdown table of final metrics and timing, one row per run summary."""
-    rows = ["| algorithm | dataset | rounds | global acc | personalized acc | compile s | train s | samples/s |",
-            "|---|---|---|---|---|---|---|---|"]
+    """Markdown table of final headline metrics and timing, one row per run summary."""
+    names = sorted({headline(s) for s in summaries})
+    cols = [f"{scope} {name}" for name in names for scope in ("global", "personalized")]
+    rows = ["| algorithm | dataset | rounds | " + " | ".join(cols) + " | compile s | train s | samples/s |",
+            "|---|---|---|" + "---|" * len(cols) + "---|---|---|"]
     for s in summaries:
         f, t = s["final"], s["timing"]
-        rows.append(f"| {s['algorithm']} | {s['dataset']} | {s['rounds_completed']} | "
-                    f"{_fmt(f.get('global_accuracy'))} | {_fmt(f.get('personalized_accuracy'))} | "
+        values = " | ".join(_fmt(f.get(f"{scope}_{name}")) for name in names for scope in ("global", "personalized"))
+        rows.append(f"| {s['algorithm']} | {s['dataset']} | {s['rounds_completed']} | {values} | "
                     f"{t['compile_seconds']:.1f} | {t['train_seconds']:.1f} | {t['samples_per_second']:,.0f} |")
     return "\n".join(rows)
 
@@ -25,8 +39,11 @@ def load_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
-def comparison_plot(run_dirs: list[Path], path: Path, key: str = "personalized_accuracy") -> None:
-    """One curve per run of ``key`` against round."""
+def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) -> None:
+    """One curve per run of ``key`` against round (default: ``personalized_<headline>`` of the
+    first run)."""
+    if key is None:
+        key = "personalized_" + headline(json.loads((Path(run_dirs[0]) / "summary.json").read_text()))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -237,6 +237,8 @@ def run(cfg: config_lib.Config, progress: bool = True, data=None, prep: Prepared
     summary = {
         "algorithm": cfg.algorithm,
         "dataset": cfg.data.dataset,
+        "task": {"name": prep.task.name, "headline": prep.task.headline,
+                 "higher_is_better": prep.task.higher_is_better},
         "config": resolved,
         "rounds_completed": done,
         "data": describe(prep.data),

@@ -17,8 +17,10 @@ from fedjax_sim import cli, runner
 from fedjax_sim.data import sources
 from fedjax_sim.errors import ConfigError
 
-SUMMARY_KEYS = {"algorithm", "dataset", "config", "rounds_completed", "final", "timing", "status"}
-TIMING_KEYS = {"compile_seconds", "train_seconds", "samples_per_second"}
+SUMMARY_KEYS = {"algorithm", "dataset", "task", "config", "rounds_completed", "data", "final",
+                "timing", "status"}
+TIMING_KEYS = {"compile_seconds", "train_seconds", "samples_per_second", "compiles",
+               "round_block_compiles"}
 TINY = ["--clients", "3", "--rounds", "1", "--set", "model.hidden=4", "--set", "eval_every=1",
         "--no-progress"]
 
@@ -36,7 +38,10 @@ def _console_script() -> list[str]:
     return [found]
 
 
-def _check_run_dir(path: Path, algorithm: str, clients: int, rounds: int, has_global: bool):
+def _check_run_dir(path: Path, algorithm: str, clients: int, rounds: int, has_global: bool,
+                   dataset: str = "digits", headline: str = "accuracy"):
+    """A finished run directory: files, config, one metrics record per round, summary keys, the
+    task's headline metric (global and personalized, per client) and the timing block."""
     for name in ("config.json", "metrics.jsonl", "summary.json", "accuracy.png"):
         assert (path / name).is_file(), f"{path / name} missing"
     config = json.loads((path / "config.json").read_text())
@@ -45,16 +50,28 @@ def _check_run_dir(path: Path, algorithm: str, clients: int, rounds: int, has_gl
     assert [r["round"] for r in records] == list(range(rounds + 1))  # eval_every=1, plus round 0
     summary = json.loads((path / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS
-    assert summary["algorithm"] == algorithm and summary["dataset"] == "digits"
+    assert summary["algorithm"] == algorithm and summary["dataset"] == dataset
     assert summary["rounds_completed"] == rounds and summary["status"] == "ok"
     assert summary["config"]["algorithm"] == algorithm
+    described = summary["data"]
+    assert described["num_clients"] == clients and described["name"] == dataset
+    assert described["target_kind"] == ("class" if headline == "accuracy" else "real")
     final = summary["final"]
-    assert ("global_accuracy" in final) == has_global
-    assert 0.0 <= final["personalized_accuracy"] <= 1.0
-    assert len(final["personalized_accuracy_per_client"]) == clients
+    assert (f"global_{headline}" in final) == has_global
+    if headline == "accuracy":
+        assert 0.0 <= final["personalized_accuracy"] <= 1.0
+    else:
+        assert final[f"personalized_{headline}"] >= 0.0
+    per_client = final[f"personalized_{headline}_per_client"]
+    assert len(per_client) == clients and np.all(np.isfinite(per_client))
     assert np.isfinite(final["loss"])
-    assert set(summary["timing"]) == TIMING_KEYS
-    assert summary["timing"]["samples_per_second"] > 0
+    assert all(f"personalized_{headline}" in r for r in records)
+    timing = summary["timing"]
+    assert set(timing) == TIMING_KEYS
+    assert timing["samples_per_second"] > 0
+    # the round block compiles once (in the first block), never again in later blocks
+    assert timing["round_block_compiles"] == 1 and timing["compiles"] >= 1
+    return config, summary
 
 
 def test_end_to_end_console_script(tmp_path):
@@ -79,8 +96,13 @@ def test_list_names_algorithms_datasets_partitions(capsys):
     """`list` prints every registered algorithm, the datasets and the partitions."""
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("fedavg", "fedprox", "scaffold", "local", "fedavg_ft", "digits", "synthetic",
-                 "dirichlet_label", "iid", "pathological", "local.lr"):
+    for name in ("fedavg", "fedprox", "scaffold", "local", "fedavg_ft", "fedrema", "fedrema_no_ccp",
+                 "fedrema_no_history", "fedrema_random_peers", "fedper", "fedrep", "head_avg",
+                 "digits", "diabetes", "synthetic", "dirichlet_label", "iid", "pathological",
+                 "local.lr", "classification", "regression_mse", "regression_mae", "adam",
+                 "task.name", "local.optimizer_args", "server.optimizer_args", "fedrema.delta",
+                 "fedprox.mu", "fedrep.head_epochs", "fedavg_ft.finetune_epochs",
+                 "data.with_replacement"):
         assert name in out, name
 
 
@@ -114,6 +136,36 @@ BAD_RUNS = [
     (["--set", "data.alpha=0"], "data.alpha", "0"),
     (["--set", "local.lr=nan"], "local.lr", "nan"),
     (["--cohort", "9"], "cohort", "9"),
+    # task / data mismatch, both ways, and an unknown task
+    (["--set", "task.name=classification", "--dataset", "diabetes"], "task.name", "classification"),
+    (["--set", "task.name=regression_mse"], "task.name", "regression_mse"),
+    (["--set", "task.name=regression_mae"], "task.name", "regression_mae"),
+    (["--set", "task.name=nosuch"], "task.name", "nosuch"),
+    # optimizer names and hyper-parameters: unknown name, a keyword optax.<name> does not take,
+    # a value optax rejects when the transform is traced, a malformed list
+    (["--set", "local.optimizer=adamm"], "local.optimizer", "adamm"),
+    (["--set", "server.optimizer=adamm"], "server.optimizer", "adamm"),
+    (["--set", "local.optimizer_args=bogus=1"], "local.optimizer_args", "bogus=1"),
+    (["--set", "local.optimizer=adam", "--set", "local.optimizer_args=bogus=1"],
+     "local.optimizer_args", "bogus=1"),
+    (["--set", "local.optimizer=adam", "--set", "local.optimizer_args=b1=abc"],
+     "local.optimizer_args", "b1=abc"),
+    (["--set", "local.optimizer_args=momentum=abc"], "local.optimizer_args", "momentum=abc"),
+    (["--set", "local.optimizer_args=b1"], "local.optimizer_args", "b1"),
+    (["--set", "server.optimizer=adam", "--set", "server.optimizer_args=b2=fast"],
+     "server.optimizer_args", "b2=fast"),
+    (["--set", "local.optimizer=momentum", "--set", "local.optimizer_args=momentum=0.5"],
+     "local.optimizer_args", "momentum=0.5"),  # set by local.momentum, not twice
+    # algorithm-owned sections: unknown keys, bad values, the moved fields
+    (["--set", "fedrema.unknown=1"], "fedrema.unknown", "1"),
+    (["--set", "fedrema.head_epochs=0", "--algorithm", "fedrep"], "fedrep.head_epochs", "0"),
+    (["--set", "fedprox.mu=-1", "--algorithm", "fedprox"], "fedprox.mu", "-1"),
+    (["--set", "server.prox_mu=-1", "--algorithm", "fedprox"], "fedprox.mu", "-1"),
+    (["--set", "fedprox.nosuch=1"], "fedprox.nosuch", "1"),
+    (["--set", "fedavg_ft.finetune_epochs=0", "--algorithm", "fedavg_ft"],
+     "fedavg_ft.finetune_epochs", "0"),
+    # with-replacement sampling exists only for dominant_class
+    (["--set", "data.with_replacement=true"], "data.with_replacement", "True"),
 ]
 
 
@@ -135,6 +187,69 @@ def test_bad_run_input_exits_2_naming_field_and_value(args, field, value, tmp_pa
     rc = cli.main(base + args)
     _assert_config_error(capsys, rc, field, value)
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_unknown_key_in_config_file_section_exits_2(tmp_path, capsys):
+    """A config.json whose fedrema section has a key FedReMa does not know: exit 2 naming it."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"algorithm": "fedrema", "rounds": 1,
+                                "fedrema": {"delta": 0.5, "unknown": 1}}))
+    out = tmp_path / "out"
+    rc = cli.main(["run", "--config", str(path), "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "fedrema.unknown", "1")
+    assert not out.exists()
+
+
+def test_diabetes_regression_end_to_end(tmp_path, capsys):
+    """`fedjax-sim run --dataset diabetes --rounds 3` (the default FedAvg vs Local comparison) on the
+    embedded regression set: the task resolves to regression_mse and every summary reports
+    global / personalized MSE (and MAE) and the per-client MSE instead of accuracy."""
+    out = tmp_path / "diabetes"
+    rc = cli.main(["run", "--dataset", "diabetes", "--rounds", "3", "--clients", "4",
+                   "--set", "eval_every=1", "--set", "model.hidden=8", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    for alg, has_global in (("fedavg", True), ("local", False)):
+        config, summary = _check_run_dir(out / alg, alg, 4, 3, has_global, dataset="diabetes",
+                                         headline="mse")
+        assert config["resolved"]["task"] == "regression_mse" and config["task"]["name"] == "auto"
+        final = summary["final"]
+        assert "personalized_accuracy" not in final and "global_accuracy" not in final
+        assert np.isfinite(final["personalized_mae"]) and final["personalized_mse"] > 0
+        if has_global:
+            assert np.isfinite(final["global_mse"]) and final["global_mse"] > 0
+            assert final["loss"] == pytest.approx(final["global_mse"])  # MSE is the training loss
+    assert (out / "results.md").is_file() and (out / "comparison.png").is_file()
+
+
+def test_results_table_shows_the_task_headline():
+    """results.md of a regression comparison shows the MSE it was judged by, not '-'."""
+    from fedjax_sim.report import summary_table
+    summary = {"algorithm": "fedavg", "dataset": "diabetes", "rounds_completed": 3,
+               "final": {"global_mse": 0.7207, "personalized_mse": 0.7198, "loss": 0.7207},
+               "timing": {"compile_seconds": 1.0, "train_seconds": 0.5, "samples_per_second": 10.0}}
+    table = summary_table([summary])
+    assert "0.7207" in table and "0.7198" in table
+
+
+def test_old_prox_mu_name_still_works_and_is_written_as_fedprox_mu(tmp_path, capsys):
+    """`--set server.prox_mu=0.1 --algorithm fedprox` runs, and config.json holds it as
+    fedprox.mu (the server section has no prox_mu); the old name in a config file works too."""
+    out = tmp_path / "prox"
+    rc = cli.main(["run", "--algorithm", "fedprox", "--set", "server.prox_mu=0.1", "--out", str(out)]
+                  + TINY)
+    assert rc == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["fedprox"]["mu"] == 0.1 and "prox_mu" not in config["server"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["fedprox"]["mu"] == 0.1 and summary["status"] == "ok"
+    # an old config file (server.prox_mu, local.finetune_epochs, fedrema.head_epochs) still loads
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"algorithm": "fedprox", "server": {"prox_mu": 0.3},
+                                "local": {"finetune_epochs": 2}, "fedrema": {"head_epochs": 4}}))
+    a = cli.build_parser().parse_args(["run", "--config", str(path)])
+    cfg = cli.config_from_args(a)
+    assert cfg.fedprox.mu == 0.3 and cfg.fedavg_ft.finetune_epochs == 2 and cfg.fedrep.head_epochs == 4
 
 
 def _nan_digits(cfg, rng):

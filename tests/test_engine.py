@@ -120,6 +120,7 @@ def test_optimizer_hyperparameters_are_injected_arrays():
 @pytest.mark.parametrize("name,args,field", [("adamm", "", "local.optimizer"),
                                              ("adam", "bogus=1", "local.optimizer_args"),
                                              ("adam", "b1", "local.optimizer_args"),
+                                             ("sgd", "nesterov=maybe", "local.optimizer_args"),
                                              ("sgd", "learning_rate=3", "local.optimizer_args")])
 def test_bad_optimizer_names_and_hyperparameters(name, args, field):
     with pytest.raises(ConfigError) as e:

@@ -12,7 +12,13 @@ import pytest
 from fedjax_sim import config as config_lib
 from fedjax_sim import runner
 from fedjax_sim.aggregators import relevance as rv
+from fedjax_sim.algorithms.split import SplitState
+from fedjax_sim.core.driver import RoundInput
 from fedjax_sim.errors import ConfigError
+
+
+def _rin(seed: int) -> RoundInput:
+    return RoundInput(jax.random.PRNGKey(seed), jnp.int32(0), jnp.bool_(True))
 
 
 # ------------------------------------------------------------------ plain-Python references
@@ -174,17 +180,91 @@ def test_mix_keeps_non_participants():
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], out), jax.tree.map(lambda a: a[1], heads))
 
 
-def test_random_peers_same_sizes_and_upload_bug_permutes_columns():
+def test_random_peers_same_sizes():
     sim = jax.random.uniform(jax.random.PRNGKey(3), (6, 6))
     part = jnp.ones(6, bool)
     rel, _ = rv.mds_select(sim, part)
     rnd = rv.random_relevant_sets(jax.random.PRNGKey(1), rel, part)
     np.testing.assert_array_equal(np.asarray(rnd).sum(1), np.asarray(rel).sum(1))
     assert np.all(np.diag(np.asarray(rnd)))
-    w = rv.ccp_weights(rel)
-    wb = np.asarray(rv.upload_order_bug(jax.random.PRNGKey(0), w))
-    np.testing.assert_allclose(wb.sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(np.sort(wb, 1), np.sort(np.asarray(w), 1))
+    assert not np.array_equal(np.asarray(rnd), np.asarray(rel))  # other members than MDS's
+
+
+# upload-order replica (spec §7.1): the weight row of client i, indexed by client id, is paired by
+# POSITION with the uploaded heads; the head at upload position u belongs to client perm[u], so it
+# receives W[i, u]:  W_eff[i, perm[u]] = W[i, u].
+W_HAND = np.array([[0.1, 0.2, 0.3, 0.4],
+                   [0.5, 0.0, 0.25, 0.25],
+                   [0.0, 0.6, 0.0, 0.4],
+                   [0.7, 0.1, 0.1, 0.1]], np.float32)
+PERM_HAND = [2, 0, 3, 1]  # upload position 0 holds client 2, position 1 client 0, ...
+# column perm[u] of W_eff = column u of W: col 2 <- col 0, col 0 <- col 1, col 3 <- col 2,
+# col 1 <- col 3, written out:
+W_EFF_HAND = np.array([[0.2, 0.4, 0.1, 0.3],
+                       [0.0, 0.25, 0.5, 0.25],
+                       [0.6, 0.4, 0.0, 0.0],
+                       [0.1, 0.1, 0.7, 0.1]], np.float32)
+
+
+def test_upload_order_bug_with_a_hand_written_permutation(monkeypatch):
+    """The replica against a hand-written permutation and its hand-permuted weight matrix (the
+    permutation is fixed by replacing `jax.random.permutation` for this call)."""
+    seen = []
+
+    def fixed_permutation(key, n, *args, **kwargs):
+        seen.append(n)
+        return jnp.asarray(PERM_HAND)
+
+    monkeypatch.setattr(jax.random, "permutation", fixed_permutation)
+    out = np.asarray(rv.upload_order_bug(jax.random.PRNGKey(0), jnp.asarray(W_HAND)))
+    assert seen == [4]
+    np.testing.assert_array_equal(out, W_EFF_HAND)
+    # e.g. client 0's weight meant for client 0 (0.1) lands on client 2's head
+    assert out[0, 2] == W_HAND[0, 0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_upload_order_bug_with_jax_permutation_by_hand(seed):
+    """With the real key: recompute ``jax.random.permutation(key, K)``, check it scrambles (not
+    the identity), and apply the spec's rule by a Python loop."""
+    k = 6
+    rel = (jax.random.uniform(jax.random.PRNGKey(10 + seed), (k, k)) > 0.5) | jnp.eye(k, dtype=bool)
+    w = np.asarray(rv.ccp_weights(rel))
+    key = jax.random.PRNGKey(seed)
+    perm = np.asarray(jax.random.permutation(key, k))
+    assert sorted(perm.tolist()) == list(range(k)) and perm.tolist() != list(range(k))
+    want = np.zeros_like(w)
+    for i in range(k):
+        for u in range(k):
+            want[i, perm[u]] = w[i, u]
+    got = np.asarray(rv.upload_order_bug(key, jnp.asarray(w)))
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, w)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-6)
+
+
+def test_official_index_bug_in_the_aggregator():
+    """relevance_matching(official_index_bug=True) mixes with the permuted weights, the
+    permutation drawn from the second half of its key: (k_rand, k_bug) = split(key)."""
+    k = 4
+    heads = _heads(k)
+    idx = jnp.arange(k)
+    sim = jnp.array([[1, .9, .1, .05], [.9, 1, .05, .1], [.1, .05, 1, .9], [.05, .1, .9, 1]])
+    key = jax.random.PRNGKey(5)
+    agg = rv.relevance_matching(k, 0.5, official_index_bug=True)
+    mixed, _, _ = agg.update(heads, jnp.ones(k), agg.init(None), None, similarity=sim,
+                             cohort_idx=idx, key=key)
+    rel, _ = rv.mds_select(sim, jnp.ones(k, bool))
+    w = np.asarray(rv.ccp_weights(rel))  # pairs {0, 1} and {2, 3}
+    np.testing.assert_allclose(w, [[.5, .5, 0, 0], [.5, .5, 0, 0], [0, 0, .5, .5], [0, 0, .5, .5]])
+    perm = np.asarray(jax.random.permutation(jax.random.split(key)[1], k))
+    w_eff = np.zeros_like(w)
+    for i in range(k):
+        for u in range(k):
+            w_eff[i, perm[u]] = w[i, u]
+    assert not np.array_equal(w_eff, w)
+    chex.assert_trees_all_close(mixed, rv.mix_heads(jnp.asarray(w_eff), heads, jnp.ones(k, bool)),
+                                atol=1e-6)
 
 
 # ------------------------------------------------------------------ similarity
@@ -259,7 +339,8 @@ def test_fedrema_round_runs_and_reports(tiny_data, flags):
     prep = runner.prepare(_cfg(**flags), tiny_data)
     alg = prep.algorithm
     state = jax.jit(alg.init)(jax.random.PRNGKey(0), tiny_data)
-    state, metrics = jax.jit(alg.round)(state, tiny_data, jax.random.PRNGKey(1))
+    assert isinstance(state, SplitState) and isinstance(state.server["head"], rv.RelevanceState)
+    state, metrics = jax.jit(alg.round)(state, tiny_data, _rin(1))
     for key in ("train_loss", "samples", "mds_gap_mean", "ccp_active", "relevant_set_size_mean",
                 "relevant_set_size_min", "relevant_set_size_max"):
         assert key in metrics and np.isfinite(float(metrics[key])), key
@@ -275,9 +356,9 @@ def test_baselines_and_ablations_run(tiny_data, name):
     prep = runner.prepare(_cfg(name), tiny_data)
     alg = prep.algorithm
     state = jax.jit(alg.init)(jax.random.PRNGKey(0), tiny_data)
-    new, metrics = jax.jit(alg.round)(state, tiny_data, jax.random.PRNGKey(1))
+    new, metrics = jax.jit(alg.round)(state, tiny_data, _rin(1))
     assert np.isfinite(float(metrics["train_loss"]))
-    heads = jax.tree.leaves(new["heads"])[-1]
+    heads = jax.tree.leaves(new.clients.head)[-1]
     if name == "head_avg":  # every head is the same mean
         np.testing.assert_allclose(heads, jnp.broadcast_to(heads[0], heads.shape), rtol=1e-5, atol=1e-6)
     if name in ("fedper", "fedrep"):  # heads stay local, hence differ
@@ -299,19 +380,23 @@ def test_aggregator_after_ccp_per_ablation(ablation):
     """Round 1 has large MDS gaps, round 2 tiny ones (CCP ends, delta 0.5), round 3 is post-CCP."""
     k = 4
     heads = _heads(k)
-    agg = rv.relevance_matching(0.5, ablation)
-    state = agg.init(6)
+    agg = rv.relevance_matching(6, 0.5, ablation)
+    state = agg.init(None)
+    assert state.dep.shape == (6, 6) and int(state.round) == 0
     idx = jnp.array([5, 1, 2, 0])
-    ctx = rv.RelevanceContext(idx, jnp.ones(k, bool), jax.random.PRNGKey(0))
+    kw = dict(cohort_idx=idx, participation=jnp.ones(k, bool), key=jax.random.PRNGKey(0))
     big = jnp.array([[1, .9, .1, .05], [.9, 1, .05, .1], [.1, .05, 1, .9], [.05, .1, .9, 1]])
     small = jnp.array([[1, .5, .49, .48], [.5, 1, .48, .49], [.49, .48, 1, .5], [.48, .49, .5, 1]])
-    (_, st1), state = agg.update(heads, big, state, ctx)
-    (_, st2), state = agg.update(heads, small, state, ctx)
+    weights = jnp.ones(k)  # not used: relevance replaces them
+    _, state, st1 = agg.update(heads, weights, state, None, similarity=big, **kw)
+    _, state, st2 = agg.update(heads, weights, state, None, similarity=small, **kw)
     assert float(st1["ccp_active"]) == 1.0 and float(st2["ccp_active"]) == 1.0
     assert float(st2["ccp_ended"]) == 1.0 and int(state.ccp.end_round) == 2
+    assert int(state.round) == 2
     dep = np.asarray(state.dep)[np.ix_(np.asarray(idx), np.asarray(idx))]
     np.testing.assert_array_equal(np.diag(dep), 2.0)  # self counted in both CCP rounds
-    (mixed, st3), state = agg.update(heads, small, state, ctx)
+    np.testing.assert_array_equal(np.asarray(state.dep)[[3, 4]], 0.0)  # never in a cohort
+    mixed, state, st3 = agg.update(heads, weights, state, None, similarity=small, **kw)
     if ablation == "none":
         w = rv.history_weights(jnp.asarray(dep))
     elif ablation == "no_history":
@@ -341,3 +426,36 @@ def test_bad_input_raises_config_error(over, field):
 
 def test_delta_one_is_allowed(tiny_data):
     runner.prepare(_cfg(**{"fedrema.delta": 1.0}), tiny_data)
+
+
+def test_unknown_fedrema_key_is_refused():
+    """The fedrema section is FedReMa's own (registered by algorithms/fedrema.py): an unknown key,
+    from --set or from a config file's section, names the field and the value."""
+    with pytest.raises(ConfigError) as err:
+        _cfg(**{"fedrema.unknown": 1})
+    assert err.value.field == "fedrema.unknown"
+    with pytest.raises(ConfigError) as err:
+        config_lib.from_dict({"algorithm": "fedrema", "fedrema": {"delta": 0.5, "nosuch": 2}})
+    assert err.value.field == "fedrema.nosuch"
+
+
+def test_head_epochs_moved_to_fedrep_section():
+    """``fedrep.head_epochs`` (was ``fedrema.head_epochs``; the old name is an alias)."""
+    cfg = _cfg("fedrep", **{"fedrema.head_epochs": 3})
+    assert cfg.fedrep.head_epochs == 3
+    assert "head_epochs" not in config_lib.to_dict(cfg)["fedrema"]
+    with pytest.raises(ConfigError) as err:
+        runner.prepare(_cfg("fedrep", **{"fedrep.head_epochs": 0}))
+    assert err.value.field == "fedrep.head_epochs"
+
+
+@pytest.mark.parametrize("name", ["fedrema", "fedrema_no_ccp", "fedrema_no_history",
+                                  "fedrema_random_peers"])
+def test_fedrema_refuses_regression_targets(name):
+    """FedReMa compares class probabilities of classifier heads: real-valued targets (the
+    embedded diabetes set) are refused before anything compiles, naming task.name."""
+    cfg = _cfg(name, **{"data.dataset": "diabetes", "data.partition": "iid",
+                        "model.head_layers": 1})
+    with pytest.raises(ConfigError) as err:
+        runner.prepare(cfg)
+    assert err.value.field == "task.name"

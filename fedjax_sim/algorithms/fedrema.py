@@ -71,8 +71,10 @@ def _fedrema(ctx: BuildContext, hp: FedReMaConfig, name: str, ablation: str | No
     require_classification(ctx.task, name)
     ablation = ablation or hp.ablation
     if ctx.cohort < 3:
-        raise ConfigError("cohort", ctx.cohort, f"at least 3 clients per round for {name} "
-                                                "(MDS needs >= 3 participants)")
+        # a cohort of every client (cohort=0) is limited by the population, so name that field
+        field = "cohort" if ctx.cohort < ctx.num_clients else "data.num_clients"
+        raise ConfigError(field, ctx.cohort, f"at least 3 clients per round for {name} "
+                                             "(MDS needs >= 3 participants)")
     model, k_cohort, num_classes = ctx.model, ctx.cohort, ctx.task.num_classes
     opt = ctx.client_optimizer.transform
     train = make_local_train(ctx.task.loss, opt, ctx.schedule, ctx.max_n)

@@ -63,7 +63,7 @@ def parse_optimizer_args(text: str, field: str) -> dict:
         try:
             out[key] = float(raw)
         except ValueError:
-            out[key] = raw
+            raise ConfigError(field, text, f"numbers or true/false as values ({key}={raw!r} is neither)") from None
     return out
 
 

@@ -119,8 +119,9 @@ def make_classifier(name: str, feature_shape: tuple[int, ...], num_classes: int,
 
     def init(key):
         kb, kh = jax.random.split(key)
-        return {"body": body.init(kb, sample)["params"],
-                "head": head.init(kh, jnp.zeros((1, feature_dim), jnp.float32))["params"]}
+        # a body without layers (every dense layer in the head) has no "params" collection
+        return {"body": body.init(kb, sample).get("params", {}),
+                "head": head.init(kh, jnp.zeros((1, feature_dim), jnp.float32)).get("params", {})}
 
     def body_apply(p, x):
         return body.apply({"params": p}, x)
