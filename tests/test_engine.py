@@ -400,3 +400,37 @@ def test_imports_flow_up_the_floors():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fedjax_sim.algorithms."):
                 assert node.module.split(".")[2] in shared or f.stem == "__init__", (f.name, node.module)
+
+
+def test_evaluate_clients_with_a_multitask_model_skips_clients_without_a_task():
+    """Per-task personalized means are over the clients that hold the task (its count > 0); a
+    client without the 'reg' task is left out of personalized_reg/mse, not counted as 0."""
+    from fedjax_sim.core.evaluate import evaluate_clients
+    from fedjax_sim.core.mapping import ClientMapping
+
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.zeros(4)}
+
+    def apply(p, x):
+        out = _linear(p, x)
+        return {"cls": out[:, :3], "reg": out[:, 3:]}
+
+    task = tasks.multitask(apply, {"cls": tasks.classification_pointwise(),
+                                   "reg": tasks.regression_pointwise("mse")})
+    c, m = 3, 4
+    x = rng.normal(size=(c, m, 3)).astype(np.float32)
+    y = {"cls": rng.integers(0, 3, (c, m)).astype(np.int32), "reg": rng.normal(size=(c, m)).astype(np.float32)}
+    y_mask = {"cls": np.ones((c, m), bool), "reg": np.array([[1] * m, [0] * m, [1, 1, 0, 0]], bool)}
+    n = np.array([4, 3, 2], np.int32)
+    out = evaluate_clients(task.metrics, params, {"x": x, "y": y, "y_mask": y_mask}, jnp.asarray(n),
+                           False, task.headline, ClientMapping("vmap"))
+    per_client_mse, accs = [], []
+    for i in range(c):
+        o = {k: np.asarray(v, np.float64) for k, v in apply(params, x[i, :n[i]]).items()}
+        accs.append(np.mean(o["cls"].argmax(1) == y["cls"][i, :n[i]]))
+        rows = y_mask["reg"][i, :n[i]]
+        if rows.any():
+            per_client_mse.append(np.mean(((o["reg"][:, 0] - y["reg"][i, :n[i]]) ** 2)[rows]))
+    np.testing.assert_allclose(out["personalized_reg/mse"], np.mean(per_client_mse), rtol=1e-5)
+    np.testing.assert_allclose(out["personalized_cls/accuracy"], np.mean(accs), rtol=1e-6)
+    np.testing.assert_allclose(out["personalized_cls/accuracy_per_client"], accs, rtol=1e-6)
