@@ -73,10 +73,8 @@ def test_regression_task_matches_numpy(kind):
     assert (task.headline, task.higher_is_better, task.target_kind) == (kind, False, "real")
 
 
-def test_multitask_masks_each_task_and_divides_by_its_count():
-    """Two heads over one batch; rows without a task's target are masked for that task only, and
-    divide_metrics divides each task's sums by its own count."""
-    rng = np.random.default_rng(2)
+def _two_task_model(rng, weights=None):
+    """A linear model on 3 features with a 3-class head ``cls`` and a scalar head ``reg``."""
     params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.zeros(4)}
 
     def apply(p, x):
@@ -84,7 +82,15 @@ def test_multitask_masks_each_task_and_divides_by_its_count():
         return {"cls": out[:, :3], "reg": out[:, 3:]}
 
     task = tasks.multitask(apply, {"cls": tasks.classification_pointwise(),
-                                   "reg": tasks.regression_pointwise("mse")}, {"cls": 1.0, "reg": 0.5})
+                                   "reg": tasks.regression_pointwise("mse")}, weights)
+    return params, apply, task
+
+
+def test_multitask_masks_each_task_and_divides_by_its_count():
+    """Two heads over one batch; rows without a task's target are masked for that task only, and
+    divide_metrics divides each task's sums by its own count."""
+    rng = np.random.default_rng(2)
+    params, apply, task = _two_task_model(rng, {"cls": 1.0, "reg": 0.5})
     x = rng.normal(size=(5, 3)).astype(np.float32)
     batch = {"x": x, "y": {"cls": np.array([0, 1, 2, 0, 1], np.int32),
                            "reg": rng.normal(size=(5,)).astype(np.float32)},
@@ -409,14 +415,7 @@ def test_evaluate_clients_with_a_multitask_model_skips_clients_without_a_task():
     from fedjax_sim.core.mapping import ClientMapping
 
     rng = np.random.default_rng(3)
-    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.zeros(4)}
-
-    def apply(p, x):
-        out = _linear(p, x)
-        return {"cls": out[:, :3], "reg": out[:, 3:]}
-
-    task = tasks.multitask(apply, {"cls": tasks.classification_pointwise(),
-                                   "reg": tasks.regression_pointwise("mse")})
+    params, apply, task = _two_task_model(rng)
     c, m = 3, 4
     x = rng.normal(size=(c, m, 3)).astype(np.float32)
     y = {"cls": rng.integers(0, 3, (c, m)).astype(np.int32), "reg": rng.normal(size=(c, m)).astype(np.float32)}
