@@ -77,6 +77,9 @@ def config_from_args(a) -> "Config":
             raw = json.loads(Path(a.config).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError("--config", a.config, f"a readable JSON config file ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--config", a.config, "a JSON object of config fields, e.g. "
+                                                    '{"rounds": 50, "local": {"lr": 0.05}}')
         raw = {k: v for k, v in raw.items() if k != "resolved"}
         cfg = config_lib.from_dict(raw)
     else:

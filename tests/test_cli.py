@@ -189,6 +189,17 @@ def test_bad_run_input_exits_2_naming_field_and_value(args, field, value, tmp_pa
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '"rounds"', "null"])
+def test_config_file_that_is_not_an_object_exits_2(text, tmp_path, capsys):
+    """Valid JSON that is not an object of fields (a list, a string, null): exit 2 naming --config."""
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    out = tmp_path / "out"
+    rc = cli.main(["run", "--config", str(path), "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "--config", str(path))
+    assert not out.exists()
+
+
 def test_unknown_key_in_config_file_section_exits_2(tmp_path, capsys):
     """A config.json whose fedrema section has a key FedReMa does not know: exit 2 naming it."""
     path = tmp_path / "config.json"
