@@ -296,6 +296,10 @@ _check = check
 def validate(cfg: Config) -> None:
     """Range checks that do not need the data or the registries (those check names)."""
     check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
+    # seeds become jax.random.PRNGKey(seed), an int32 outside x64 mode
+    check(0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, f"an integer in [0, {2 ** 31 - 1}]")
+    check(-1 <= cfg.data.seed < 2 ** 31, "data.seed", cfg.data.seed,
+          f"-1 (the run seed) or an integer in [0, {2 ** 31 - 1}]")
     check(cfg.cohort >= 0, "cohort", cfg.cohort, "an integer >= 0 (0 = all clients)")
     check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1")
     check(cfg.chunk_size >= 0, "chunk_size", cfg.chunk_size, "an integer >= 0 (0 = default)")
