@@ -80,7 +80,8 @@ def config_from_args(a) -> "Config":
         if not isinstance(raw, dict):
             raise ConfigError("--config", a.config, "a JSON object of config fields, e.g. "
                                                     '{"rounds": 50, "local": {"lr": 0.05}}')
-        raw = {k: v for k, v in raw.items() if k != "resolved"}
+        # an earlier run's directory is not this run's: without --out a new one is made
+        raw = {k: v for k, v in raw.items() if k not in ("resolved", "out")}
         cfg = config_lib.from_dict(raw)
     else:
         cfg = config_lib.Config()
@@ -128,6 +129,8 @@ def cmd_run(a) -> int:
         out = base_out if len(algorithms) == 1 else os.path.join(base_out, name)
         c = config_lib.copy_config(cfg)
         c.algorithm, c.out = name, out
+        if len(algorithms) > 1:
+            runner.check_out_dir(base_out)
         runner.check_out_dir(out)
         data = preps[0].data if preps and c.data == preps[0].config.data else None
         preps.append(runner.prepare(c, data))
@@ -204,6 +207,10 @@ def main(argv=None) -> int:
     except DivergedError as e:
         print(f"fedjax-sim: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("fedjax-sim: interrupted; what each run wrote so far (config.json, metrics.jsonl) is "
+              "kept in its run directory", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ _check = check
 
 def validate(cfg: Config) -> None:
     """Range checks that do not need the data or the registries (those check names)."""
-    check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
+    check(1 <= cfg.rounds <= 10_000_000, "rounds", cfg.rounds, "an integer in [1, 10000000]")
     # seeds become jax.random.PRNGKey(seed), an int32 outside x64 mode
     check(0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, f"an integer in [0, {2 ** 31 - 1}]")
     check(-1 <= cfg.data.seed < 2 ** 31, "data.seed", cfg.data.seed,

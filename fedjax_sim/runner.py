@@ -131,11 +131,24 @@ def _default_out(cfg) -> str:
     return os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-{cfg.data.dataset.replace('/', '_')}")
 
 
+RESULT_FILES = ("metrics.jsonl", "summary.json", "results.md", "comparison.png")
+
+
 def check_out_dir(out: str) -> None:
-    """A run never overwrites another run's results."""
+    """A run never overwrites another run's or comparison's results, and its directory can be
+    created (checked before anything is written or compiled)."""
     path = Path(out)
-    if path.exists() and (not path.is_dir() or (path / "metrics.jsonl").exists() or (path / "summary.json").exists()):
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--out", out, "a directory path (it is a file)")
+    if path.exists() and any((path / f).exists() for f in RESULT_FILES):
         raise ConfigError("--out", out, "a new or empty directory (it holds another run's results)")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError("--out", out, f"a path whose existing part is a directory ({ancestor} is a file)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError("--out", out, f"a path this user can create ({ancestor} is not writable)")
 
 
 def headline_keys(task: tasks_lib.Task) -> tuple[str, str, str]:
@@ -230,7 +243,9 @@ def run(cfg: config_lib.Config, progress: bool = True, data=None, prep: Prepared
             bar.close()
 
         final = {k: v for k, v in rec.items() if k != "round"}
-        final[per_client_key] = per_client
+        # a client without test rows has no score: null, not a 0 that reads as perfect MSE
+        has_test = np.asarray(prep.data.n_test) > 0
+        final[per_client_key] = [v if h else None for v, h in zip(per_client, has_test)]
         final["loss"] = rec.get("global_loss", rec.get("personalized_loss"))
         if alg.report is not None:
             final.update(_host(jax.jit(alg.report)(state)))

@@ -318,7 +318,7 @@ def test_multi_algorithm_out_dir_holding_a_run_is_refused(tmp_path, capsys):
     (out / "results.md").write_text("earlier table\n")
     before = _snapshot(out)
     rc = cli.main(["run", "--algorithm", "fedavg,local", "--out", str(out)] + TINY)
-    _assert_config_error(capsys, rc, "--out", "local")
+    _assert_config_error(capsys, rc, "--out", str(out))  # refused at the comparison's own level
     assert _snapshot(out) == before and not (out / "fedavg").exists()
 
 
@@ -402,3 +402,57 @@ def test_diverged_run_exits_3_and_keeps_its_files(tmp_path, capsys):
     assert summary["status"] == "diverged" and summary["rounds_completed"] == 0
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "diverged" and last["round"] == 1
+
+
+def test_rerun_from_a_config_file_with_another_seed_makes_a_new_directory(tmp_path, capsys, monkeypatch):
+    """README: `fedjax-sim run --config <run>/config.json --seed 1` re-runs without --out; the
+    earlier run's `out` stored in its config.json is not reused."""
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "first"
+    assert cli.main(["run", "--algorithm", "fedavg", "--out", str(first)] + TINY) == 0
+    capsys.readouterr()
+    assert cli.main(["run", "--config", str(first / "config.json"), "--seed", "1", "--no-progress"]) == 0
+    runs = [p for p in (tmp_path / "runs").iterdir() if (p / "summary.json").exists()]
+    assert len(runs) == 1
+    assert json.loads((runs[0] / "config.json").read_text())["seed"] == 1
+
+
+@pytest.mark.parametrize("kind", ["file", "under_file", "single_into_comparison", "comparison_into_single"])
+def test_unusable_out_paths_exit_2_before_writing(kind, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    args = ["--algorithm", "fedavg"]
+    if kind == "file":
+        out = afile
+    elif kind == "under_file":
+        out = afile / "x"
+    elif kind == "single_into_comparison":
+        (earlier / "results.md").write_text("| an earlier comparison |")
+        out = earlier
+    else:
+        (earlier / "summary.json").write_text("{}")
+        out, args = earlier, ["--algorithm", "fedavg,local"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    rc = cli.main(["run", *args, "--out", str(out)] + TINY)
+    _assert_config_error(capsys, rc, "--out", str(out))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("setting,field", [("local.clip_norm=1", "local.clip_norm"),
+                                           ("local.optimizer_args=momentum=0.9", "local.optimizer_args"),
+                                           ("local.optimizer=adam", "local.optimizer")])
+def test_scaffold_refuses_anything_but_plain_sgd_naming_the_field(setting, field, tmp_path, capsys):
+    rc = cli.main(["run", "--algorithm", "scaffold", "--set", setting, "--out", str(tmp_path / "o")] + TINY)
+    _assert_config_error(capsys, rc, field, "")
+
+
+def test_clients_without_test_rows_have_null_per_client_scores(tmp_path):
+    from conftest import make_data, tiny_config
+    from fedjax_sim import runner
+
+    cfg = tiny_config(algorithm="local", rounds=1, out=str(tmp_path / "run"))
+    summary = runner.run(cfg, progress=False, data=make_data(test_sizes=(3, 0, 4, 2)))
+    per_client = summary["final"]["personalized_accuracy_per_client"]
+    assert per_client[1] is None and all(v is not None for i, v in enumerate(per_client) if i != 1)

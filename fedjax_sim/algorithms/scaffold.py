@@ -36,9 +36,15 @@ class ScaffoldState(NamedTuple):
 @register("scaffold", "SCAFFOLD: control variates correct client drift (option II), plain local SGD")
 def scaffold(ctx: BuildContext, hp=None) -> Algorithm:
     opt = ctx.client_optimizer
-    if opt.name != "sgd" or opt.hyperparams.get("momentum"):
-        raise ConfigError("local.optimizer", opt.name,
-                          "sgd for scaffold (its control-variate update assumes plain SGD)")
+    if not opt.plain_sgd:  # its control-variate update assumes w <- w - lr g exactly
+        field, value = ("local.optimizer", opt.name)
+        if opt.name == "sgd":
+            field, value = next((f, v) for f, v, bad in (
+                ("local.optimizer_args", f"momentum={opt.hyperparams.get('momentum')}", bool(opt.hyperparams.get("momentum"))),
+                ("local.clip_norm", opt.clip_norm, opt.clip_norm > 0),
+                ("local.weight_decay", opt.weight_decay, opt.weight_decay > 0)) if bad)
+        raise ConfigError(field, value, "plain SGD for scaffold (optimizer sgd, no momentum, clipping "
+                                        "or weight decay: its control-variate update assumes it)")
     lr = opt.learning_rate
     transform = optax.chain(control_variates(), opt.transform)
     aggregator = chain(mean(), server_optimizer(ctx.server_optimizer.transform))
