@@ -43,6 +43,8 @@ class Prepared(NamedTuple):
 def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
     """The task for ``cfg.task.name`` and the data's targets; ConfigError on a mismatch."""
     name = cfg.task.name
+    if name not in tasks_lib.TASKS:
+        raise ConfigError("task.name", name, "one of " + ", ".join(tasks_lib.TASKS))
     if name == "auto":
         name = "classification" if data.target_kind == "class" else "regression_mse"
     if name == "classification" and data.target_kind != "class":

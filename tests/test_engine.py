@@ -371,7 +371,7 @@ FLOORS = {
     "types": set(), "errors": set(), "config": {"errors"},
     "data": {"errors", "types", "data"}, "tasks": {"errors", "types", "tasks"},
     "models": {"errors", "types", "models"}, "aggregators": {"errors", "types", "aggregators"},
-    "core": {"errors", "types", "core"},
+    "core": {"errors", "types", "tasks", "core"},
     "algorithms": {"errors", "types", "config", "core", "aggregators", "models", "tasks", "algorithms"},
 }
 

@@ -15,15 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_sim.core.mapping import ClientMapping
-
-
-def _divisor(name: str) -> str:
-    prefix, _, _ = name.rpartition("/")
-    return f"{prefix}/count" if prefix else "count"
-
-
-def _is_count(name: str) -> bool:
-    return name.rpartition("/")[2] == "count"
+from fedjax_sim.tasks import count_key, divide_metrics, is_count
 
 
 def evaluate_global(metrics_fn: Callable, params, rows: dict, batch_size: int = 512) -> dict:
@@ -38,7 +30,7 @@ def evaluate_global(metrics_fn: Callable, params, rows: dict, batch_size: int = 
 
     batches = {**jax.tree.map(batched, rows), "mask": (jnp.arange(nb * batch_size) < t).reshape(nb, batch_size)}
     sums = jax.tree.map(lambda v: jnp.sum(v, 0), jax.lax.map(lambda b: metrics_fn(params, b), batches))
-    return {f"global_{k}": v / jnp.maximum(sums[_divisor(k)], 1) for k, v in sums.items() if not _is_count(k)}
+    return {f"global_{k}": v for k, v in divide_metrics(sums).items()}
 
 
 def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, stacked: bool,
@@ -57,9 +49,9 @@ def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, sta
     sums = mapping.map(one, (0 if stacked else None, 0, 0))(params, rows, mask)  # {name: [C]}
     out = {}
     for name, value in sums.items():
-        if _is_count(name):
+        if is_count(name):
             continue
-        count = sums[_divisor(name)]
+        count = sums[count_key(name)]
         has = count > 0
         per_client = jnp.where(has, value / jnp.maximum(count, 1), 0.0)
         out[f"personalized_{name}"] = jnp.sum(per_client) / jnp.maximum(jnp.sum(has), 1)

@@ -67,16 +67,20 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), mask)
 
 
+def count_key(name: str) -> str:
+    """The count a metric sum is divided by: ``a/b`` -> ``a/count``, ``b`` -> ``count``."""
+    prefix, _, _ = name.rpartition("/")
+    return f"{prefix}/count" if prefix else "count"
+
+
+def is_count(name: str) -> bool:
+    return name.rpartition("/")[2] == "count"
+
+
 def divide_metrics(sums: Mapping[str, jax.Array]) -> dict:
-    """Turns masked sums into means: ``a/b`` by ``a/count``, ``b`` by ``count``; counts dropped."""
-    out = {}
-    for name, value in sums.items():
-        prefix, _, leaf = name.rpartition("/")
-        if leaf == "count":
-            continue
-        count = sums[f"{prefix}/count" if prefix else "count"]
-        out[name] = value / jnp.maximum(count, 1)
-    return out
+    """Turns masked sums into means (each divided by its `count_key`); counts dropped."""
+    return {name: value / jnp.maximum(sums[count_key(name)], 1)
+            for name, value in sums.items() if not is_count(name)}
 
 
 def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: int = 0) -> Task:
@@ -182,6 +186,6 @@ def multitask(apply_fn: Callable, tasks: Mapping[str, Pointwise],
 
 TASKS = ("auto", "classification", "regression_mse", "regression_mae")
 
-__all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification",
+__all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification", "count_key", "is_count",
            "classification_pointwise", "divide_metrics", "masked_cross_entropy", "masked_mean",
            "multitask", "regression", "regression_pointwise"]
