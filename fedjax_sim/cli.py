@@ -19,12 +19,14 @@ DEFAULT_ALGORITHMS = "fedavg,local"
 RUN_FLAGS = {  # flag -> config field
     "algorithm": "algorithm", "dataset": "data.dataset", "partition": "data.partition",
     "clients": "data.num_clients", "rounds": "rounds", "seed": "seed", "cohort": "cohort",
+    "trials": "trials",
 }
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same shape and exit code as ours
-        print(f"fedjax-sim: error: {message} (see fedjax-sim {self.prog.split()[-1]} --help)", file=sys.stderr)
+        sub = " ".join(self.prog.split()[1:])  # "" for the top-level parser
+        print(f"fedjax-sim: error: {message} (see fedjax-sim {sub + ' ' if sub else ''}--help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -34,18 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment (default: FedAvg vs Local on digits)")
     r.add_argument("--algorithm", default=None,
                    help=f"registered algorithm, or several separated by commas (default {DEFAULT_ALGORITHMS})")
-    r.add_argument("--dataset", help="data source (default digits, embedded)")
-    r.add_argument("--partition", help="partitioner (default auto: dirichlet_label, alpha 0.3)")
-    r.add_argument("--clients", help="number of clients C (default 20)")
-    r.add_argument("--cohort", help="clients per round K (default all)")
-    r.add_argument("--rounds", help="communication rounds (default 100)")
-    r.add_argument("--seed", help="run seed (default 0)")
-    r.add_argument("--out", help="run directory (default runs/<time>-<algorithm>-<dataset>)")
-    r.add_argument("--config", help="JSON config file (a config.json of an earlier run works)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, repeatable, e.g. --set local.lr=0.05 --set data.alpha=0.1")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sub.add_parser("list", help="registered algorithms, datasets, partitions and config fields")
+    r.add_argument("--baselines", help="algorithms of the comparison to pair every other one with in "
+                                       "results.md (default: all of them)")
+    _common_run_args(r)
+    w = sub.add_parser("sweep", help="a grid of hyper-parameters over seeds, selected on a validation "
+                                     "split carved from each client's training rows (test rows unseen)")
+    w.add_argument("--algorithm", default=None, help="algorithm(s) to tune, separated by commas "
+                                                     "(each gets the whole grid; default fedavg)")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a config field and its values, repeatable (the grid is their product), "
+                        "e.g. --grid local.lr=0.01,0.03,0.1")
+    w.add_argument("--validation-fraction", type=float, default=None,
+                   help="share of each client's training rows held out for selection (default "
+                        "data.validation_fraction, else 0.2)")
+    w.add_argument("--select", default=None, help="metric to select on (default personalized_<headline>, "
+                                                  "else global_<headline>), final round, mean over seeds")
+    _common_run_args(w)
+    sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
     b = sub.add_parser("bench", help="FedAvg throughput vs centralized training, one JSON line")
     b.add_argument("--model", default="mlp")
     b.add_argument("--features", type=int, default=784)
@@ -68,10 +75,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _common_run_args(r) -> None:
+    r.add_argument("--dataset", help="data source (default digits, embedded)")
+    r.add_argument("--partition", help="partitioner (default auto: dirichlet_label, alpha 0.3)")
+    r.add_argument("--clients", help="number of clients C (default 20)")
+    r.add_argument("--cohort", help="clients per round K (default all)")
+    r.add_argument("--rounds", help="communication rounds (default 100)")
+    r.add_argument("--seed", help="run seed (default 0)")
+    r.add_argument("--seeds", help="several seeds: a count N (seeds SEED..SEED+N-1) or a list, e.g. "
+                                   "10 or 0,3,7; each varies the partition, initialization and every "
+                                   "sampled key, and they run as one vmapped program where shapes allow")
+    r.add_argument("--trials", help="how seeds and grid points run: auto (default), vmap, sequential")
+    r.add_argument("--preset", help="a paper's setting, applied before --config, flags and --set "
+                                    "(fedjax-sim list names them)")
+    r.add_argument("--out", help="run directory (default runs/<time>-<algorithm>-<dataset>)")
+    r.add_argument("--config", help="JSON config file (a config.json of an earlier run works)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, repeatable, e.g. --set local.lr=0.05 --set data.alpha=0.1")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_seeds(text: str, first: int) -> tuple[int, ...]:
+    """``--seeds``: a count N (``first``..``first``+N-1) or a comma-separated list of seeds."""
+    allowed = "a count >= 1 or a comma-separated list of distinct seeds >= 0, e.g. 10 or 0,3,7"
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError("--seeds", text, allowed) from None
+    if len(values) == 1 and "," not in str(text):
+        if values[0] < 1:
+            raise ConfigError("--seeds", text, allowed)
+        return tuple(range(first, first + values[0]))
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise ConfigError("--seeds", text, allowed)
+    return tuple(values)
+
+
 def config_from_args(a) -> "Config":
     from fedjax_sim import algorithms  # noqa: F401  (registers the algorithms' config sections)
     from fedjax_sim import config as config_lib
 
+    cfg = config_lib.Config()
+    if getattr(a, "preset", None):
+        from fedjax_sim.presets import apply_preset
+        apply_preset(cfg, a.preset)
     if a.config:
         try:
             raw = json.loads(Path(a.config).read_text())
@@ -82,14 +130,15 @@ def config_from_args(a) -> "Config":
                                                     '{"rounds": 50, "local": {"lr": 0.05}}')
         # an earlier run's directory is not this run's: without --out a new one is made
         raw = {k: v for k, v in raw.items() if k not in ("resolved", "out")}
-        cfg = config_lib.from_dict(raw)
-    else:
-        cfg = config_lib.Config()
+        for key, value in config_lib._flatten(raw):
+            config_lib.set_field(cfg, key, value)
     for flag, field in RUN_FLAGS.items():
-        value = getattr(a, flag)
+        value = getattr(a, flag, None)
         if value is not None and flag != "algorithm":
             config_lib.set_field(cfg, field, value)
     config_lib.apply_overrides(cfg, a.set)
+    if getattr(a, "seeds", None) is not None:
+        cfg.seeds = parse_seeds(a.seeds, cfg.seed)
     return cfg
 
 
@@ -105,26 +154,59 @@ def _algorithm_given(a) -> bool:
     return False
 
 
-def cmd_run(a) -> int:
-    from fedjax_sim import config as config_lib
-    from fedjax_sim import runner
-
-    cfg = config_from_args(a)
+def _algorithm_list(a, cfg, default: str) -> list[str]:
     if a.algorithm is not None:
-        algorithms = [s.strip() for s in a.algorithm.split(",") if s.strip()]
+        algorithms = [x.strip() for x in a.algorithm.split(",") if x.strip()]
     elif _algorithm_given(a):
         algorithms = [cfg.algorithm]
     else:
-        algorithms = DEFAULT_ALGORITHMS.split(",")
+        algorithms = default.split(",")
     if not algorithms:
         raise ConfigError("--algorithm", a.algorithm, "one or more registered names separated by commas")
     dupes = sorted({n for n in algorithms if algorithms.count(n) > 1})
     if dupes:
         raise ConfigError("--algorithm", a.algorithm, f"each name once (repeated: {', '.join(dupes)})")
+    from fedjax_sim.algorithms import check_name
+    for name in algorithms:
+        check_name(name)
+    return algorithms
+
+
+class _DataCache:
+    """Every seed's data built once per data config, shared by the runs that use it."""
+
+    def __init__(self):
+        self.built: dict[str, list] = {}
+
+    def prepare(self, group):
+        from fedjax_sim import config as config_lib
+        from fedjax_sim import trials
+
+        key = json.dumps([config_lib.to_dict(group.configs[0])["data"], group.seeds])
+        pg = trials.prepare_group(group, self.built.get(key))
+        # vmap mode pads every seed to the set's lengths: harmless to reuse (padding-invariant)
+        self.built.setdefault(key, [row[0].data for row in pg.preps])
+        return pg
+
+
+def cmd_run(a) -> int:
+    from fedjax_sim import config as config_lib
+    from fedjax_sim import runner, trials
+
+    cfg = config_from_args(a)
+    algorithms = _algorithm_list(a, cfg, DEFAULT_ALGORITHMS)
+    baselines = algorithms
+    if a.baselines is not None:
+        baselines = [x.strip() for x in a.baselines.split(",") if x.strip()]
+        unknown = [b for b in baselines if b not in algorithms]
+        if not baselines or unknown:
+            raise ConfigError("--baselines", a.baselines,
+                              f"algorithms of this comparison separated by commas: {', '.join(algorithms)}")
     named = config_lib.copy_config(cfg)
     named.algorithm = "-".join(algorithms)
     base_out = a.out or cfg.out or runner._default_out(named)
-    preps = []
+    seeds = trials.run_seeds(cfg)
+    groups = []
     for name in algorithms:  # validate every run before running (and compiling) any
         out = base_out if len(algorithms) == 1 else os.path.join(base_out, name)
         c = config_lib.copy_config(cfg)
@@ -132,20 +214,99 @@ def cmd_run(a) -> int:
         if len(algorithms) > 1:
             runner.check_out_dir(base_out)
         runner.check_out_dir(out)
-        data = preps[0].data if preps and c.data == preps[0].config.data else None
-        preps.append(runner.prepare(c, data))
+        config_lib.validate(c)
+        groups.append(trials.Group([c], [out], seeds, ()))
     if len(algorithms) > 1 and any(Path(base_out, f).exists() for f in ("results.md", "comparison.png")):
         raise ConfigError("--out", base_out, "a new directory (it holds an earlier comparison's results.md)")
+    cache = _DataCache()
+    prepared = [cache.prepare(g) for g in groups]
     summaries = []
-    for prep in preps:
-        summaries.append(runner.run(prep.config, progress=not a.no_progress, prep=prep))
-    from fedjax_sim.report import comparison_plot, summary_table
+    for pg in prepared:
+        summaries += trials.run_group(pg, progress=not a.no_progress)
+    from fedjax_sim.report import comparison_plot, comparison_table, seed_points_plot, summary_table
     table = summary_table(summaries)
+    if len(seeds) > 1 or len(summaries) > 1:
+        table += "\n\n" + comparison_table(summaries, baselines if len(summaries) > 1 else [])
     print(table)
     if len(summaries) > 1:
         Path(base_out, "results.md").write_text(table + "\n")
         comparison_plot([Path(s["config"]["out"]) for s in summaries], Path(base_out, "comparison.png"))
+    elif len(seeds) > 1:
+        Path(base_out, "results.md").write_text(table + "\n")
+    if len(seeds) > 1:
+        seed_points_plot(summaries, Path(base_out, "seeds.png"))
     print(f"\nrun directory: {base_out}")
+    trials.raise_if_diverged(summaries)
+    return 0
+
+
+def _grid_applies(algorithm: str, cfg, grid) -> None:
+    """A grid field the algorithm never reads would give identical points: refused."""
+    from fedjax_sim import config as config_lib
+    from fedjax_sim.algorithms import SECTION_OF
+
+    for key, _, item in grid:
+        section = key.split(".", 1)[0]
+        if section in config_lib.SECTIONS and SECTION_OF.get(algorithm) != section:
+            raise ConfigError("--grid", item, f"fields that {algorithm} reads ({section}.* belongs to "
+                                              f"{', '.join(sorted(a for a, s in SECTION_OF.items() if s == section))})")
+        for part in ("local", "server"):
+            if key == f"{part}.momentum" and getattr(cfg, part).optimizer != "momentum":
+                raise ConfigError("--grid", item, f"{part}.momentum only with {part}.optimizer=momentum "
+                                                  f"(it is {getattr(cfg, part).optimizer})")
+
+
+def cmd_sweep(a) -> int:
+    from fedjax_sim import config as config_lib
+    from fedjax_sim import runner, sweep, trials
+
+    cfg = config_from_args(a)
+    algorithms = _algorithm_list(a, cfg, "fedavg")
+    if not a.grid:
+        raise ConfigError("--grid", "", "at least one --grid KEY=V1,V2,..., e.g. --grid local.lr=0.01,0.05,0.1")
+    grid = config_lib.parse_grid(a.grid)
+    fraction = a.validation_fraction if a.validation_fraction is not None else (
+        cfg.data.validation_fraction or sweep.DEFAULT_VALIDATION_FRACTION)
+    if not 0 < fraction < 1:
+        raise ConfigError("--validation-fraction", fraction, "a number in (0, 1)")
+    cfg.data.validation_fraction = fraction
+    named = config_lib.copy_config(cfg)
+    named.algorithm = "sweep-" + "-".join(algorithms)
+    base_out = a.out or cfg.out or runner._default_out(named)
+    runner.check_out_dir(base_out)
+    if Path(base_out, "sweep.md").exists():
+        raise ConfigError("--out", base_out, "a new directory (it holds an earlier sweep)")
+    seeds = trials.run_seeds(cfg)
+    plans = {}
+    for name in algorithms:  # every point of every algorithm validated before anything compiles
+        c = config_lib.copy_config(cfg)
+        c.algorithm = name
+        _grid_applies(name, c, grid)
+        points = config_lib.grid_points(c, grid)
+        outs = [os.path.join(base_out, name, p) for p, _ in points]
+        for (_, pc), out in zip(points, outs):
+            runner.check_out_dir(out)
+            config_lib.validate(pc)
+        plans[name] = ([p for p, _ in points], trials.plan([pc for _, pc in points], outs, seeds))
+    cache = _DataCache()
+    prepared = {name: [cache.prepare(g) for g in groups] for name, (_, groups) in plans.items()}
+    for pgs in prepared.values():
+        sweep.check_select(a.select, pgs[0].preps[0][0])
+    results = {}
+    for name, pgs in prepared.items():
+        summaries = [s for pg in pgs for s in trials.run_group(pg, progress=not a.no_progress)]
+        by_out = {s["config"]["out"]: s for s in summaries}
+        names = plans[name][0]
+        ordered = [by_out[os.path.join(base_out, name, p)] for p in names]
+        results[name] = sweep.select(names, ordered, a.select)
+    text = sweep.sweep_table(results, grid, seeds, fraction)
+    Path(base_out, "sweep.md").write_text(text + "\n")
+    Path(base_out, "sweep.json").write_text(json.dumps(sweep.to_json(results), indent=2))
+    for name, res in results.items():
+        if res.best is not None:
+            Path(base_out, name, "best_config.json").write_text(json.dumps(res.best_config, indent=2))
+    print(text)
+    print(f"\nsweep directory: {base_out}")
     return 0
 
 
@@ -165,7 +326,13 @@ def cmd_list(_a) -> int:
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "
           "*.optimizer_args=k=v,...):\n  " + ", ".join(OPTIMIZERS))
+    from fedjax_sim.presets import describe_presets
+    print("presets (--preset NAME; applied before --config, flags and --set):")
+    for line in describe_presets():
+        print(f"  {line}")
     print("config fields (--set KEY=VALUE):\n  " + ", ".join(config_lib.field_names()))
+    print("fields a sweep runs as one vmapped program (--grid; other fields run as separate "
+          "programs):\n  " + ", ".join(sorted(config_lib.TRACEABLE)))
     return 0
 
 
@@ -197,7 +364,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run, "list": cmd_list, "bench": cmd_bench}[a.command](a)
+        return {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "bench": cmd_bench}[a.command](a)
     except ConfigError as e:
         print(f"fedjax-sim: error: {e}", file=sys.stderr)
         return 2

@@ -61,6 +61,10 @@ class DataConfig:
     synthetic_beta: float = 0.0
     synthetic_iid: bool = False
     synthetic_features: int = 60
+    # > 0: a tuning run. This share of each client's training rows (stratified) becomes its
+    # validation split, and the run is evaluated on it (per client, and pooled as the global set)
+    # instead of the test split, which stays unseen. `fedjax-sim sweep` sets it.
+    validation_fraction: float = 0.0
     data_dir: str = ""  # TFDS data_dir; "" = TFDS default
     seed: int = -1  # partition seed; -1 = the run seed
 
@@ -115,14 +119,23 @@ SECTIONS: dict[str, type] = {}
 ALIASES: dict[str, str] = {}
 
 
+# Fields a grid may sweep as a vmapped axis (`fedjax_sim.trials`): the program reads them as
+# arrays (optax.inject_hyperparams, array-valued algorithm hyper-parameters), so grid points that
+# differ only in them share one compiled program. Sections add theirs with a ``TRACEABLE`` tuple.
+TRACEABLE: set[str] = {"local.lr", "local.momentum", "local.weight_decay", "local.clip_norm",
+                       "server.lr", "server.momentum"}
+
+
 def register_section(name: str, cls: type, aliases: dict[str, str] | None = None) -> type:
-    """Registers an algorithm's config section (a dataclass with an optional ``validate()``)."""
+    """Registers an algorithm's config section (a dataclass with an optional ``validate()`` and
+    an optional ``TRACEABLE`` tuple of its float fields that may be swept as a vmapped axis)."""
     if name in SECTIONS and SECTIONS[name] is not cls:
         raise ValueError(f"config section {name!r} is registered twice")
     if name in {f.name for f in dataclasses.fields(Config)}:
         raise ValueError(f"config section {name!r} shadows a Config field")
     SECTIONS[name] = cls
     ALIASES.update(aliases or {})
+    TRACEABLE.update(f"{name}.{f}" for f in getattr(cls, "TRACEABLE", ()))
     return cls
 
 
@@ -135,6 +148,11 @@ class Config:
     cohort: int = 0  # clients per round; 0 = all clients
     eval_every: int = 5
     seed: int = 0
+    # several seeds (the CLI's --seeds): each varies the partition, initialization and every
+    # sampled key; () = just `seed`
+    seeds: tuple[int, ...] = ()
+    trials: str = "auto"  # how seeds and grid points run: auto | vmap (one program) | sequential
+    preset: str = ""  # the --preset applied first, if any (recorded; `fedjax-sim list` names them)
     client_mapping: str = "auto"  # auto | vmap | chunked | sequential
     chunk_size: int = 0  # chunked: clients per vmapped block; 0 = measured default
     out: str = ""
@@ -274,6 +292,46 @@ def set_field(cfg: Config, path: str, raw) -> None:
                 raise ConfigError(path, raw, f"{'.'.join(parts[:i + 1])} has no sub-fields")
 
 
+def get_field(cfg: Config, path: str):
+    """The value of ``cfg.<path>`` (aliases resolved); ConfigError for an unknown field."""
+    path = ALIASES.get(path, path)
+    if path not in field_names(cfg):
+        raise ConfigError(path, "", "a config field: one of " + ", ".join(field_names(cfg)))
+    obj = cfg
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def field_type(path: str):
+    """The declared type of a dotted field (aliases resolved)."""
+    path = ALIASES.get(path, path)
+    *parents, last = path.split(".")
+    obj = Config()
+    for part in parents:
+        obj = getattr(obj, part)
+    return typing.get_type_hints(type(obj))[last]
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted fields set to ``values`` as given, without parsing: this is
+    how swept hyper-parameters enter an algorithm's build as traced arrays (`fedjax_sim.trials`);
+    they were parsed and validated as numbers before."""
+    new = copy_config(cfg)
+    for path, value in values.items():
+        *parents, last = ALIASES.get(path, path).split(".")
+        obj = new
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, last, value)
+    return new
+
+
+def traced(section) -> bool:
+    """Whether any field of a config dataclass holds an array (a swept, traced value)."""
+    return any(hasattr(getattr(section, f.name), "shape") for f in dataclasses.fields(section))
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Applies ``key=value`` strings (the CLI's ``--set``)."""
     for item in overrides:
@@ -295,6 +353,11 @@ def validate(cfg: Config) -> None:
     check(1 <= cfg.rounds <= 10_000_000, "rounds", cfg.rounds, "an integer in [1, 10000000]")
     # seeds become jax.random.PRNGKey(seed), an int32 outside x64 mode
     check(0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, f"an integer in [0, {2 ** 31 - 1}]")
+    for s in cfg.seeds:
+        check(0 <= s < 2 ** 31, "seeds", ",".join(map(str, cfg.seeds)),
+              f"integers in [0, {2 ** 31 - 1}]")
+    check(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", ",".join(map(str, cfg.seeds)), "distinct seeds")
+    check(cfg.trials in ("auto", "vmap", "sequential"), "trials", cfg.trials, "one of auto, vmap, sequential")
     check(-1 <= cfg.data.seed < 2 ** 31, "data.seed", cfg.data.seed,
           f"-1 (the run seed) or an integer in [0, {2 ** 31 - 1}]")
     check(cfg.cohort >= 0, "cohort", cfg.cohort, "an integer >= 0 (0 = all clients)")
@@ -313,6 +376,8 @@ def validate(cfg: Config) -> None:
     check(d.dominant_classes >= 1, "data.dominant_classes", d.dominant_classes, "an integer >= 1")
     check(d.quantity_sigma >= 0, "data.quantity_sigma", d.quantity_sigma, "a number >= 0")
     check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a number in (0, 1)")
+    check(0 <= d.validation_fraction < 1, "data.validation_fraction", d.validation_fraction,
+          "a number in [0, 1) (0 = evaluate on the test split)")
     check(0 < d.global_test_fraction < 1, "data.global_test_fraction", d.global_test_fraction, "a number in (0, 1)")
     check(d.synthetic_alpha >= 0, "data.synthetic_alpha", d.synthetic_alpha, "a number >= 0")
     check(d.synthetic_beta >= 0, "data.synthetic_beta", d.synthetic_beta, "a number >= 0")
@@ -339,3 +404,68 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg, name)
         if hasattr(section, "validate"):
             section.validate()
+
+
+# Fields a grid may not vary: seeds have --seeds, algorithms --algorithm; the rest name the run.
+NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials")
+
+
+class GridAxis(typing.NamedTuple):
+    """One ``--grid`` item: the field (aliases resolved), its parsed values, the text as given."""
+
+    field: str
+    values: list
+    text: str
+
+
+def parse_grid(items: list[str]) -> list[GridAxis]:
+    """``["local.lr=0.01,0.1", "fedprox.mu=0,0.01"]`` -> [GridAxis(field, [parsed values], text)].
+
+    Each item names one scalar field (aliases resolved) and one or more distinct values, parsed
+    by the field's type. ConfigError naming ``--grid`` for: no ``=``, an unknown or non-scalar
+    field, a field given twice, an empty or unparsable value, a repeated value.
+    """
+    grid: list[GridAxis] = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError("--grid", item, "key=v1,v2,..., e.g. local.lr=0.01,0.05,0.1")
+        key, raw = (p.strip() for p in item.split("=", 1))
+        key = ALIASES.get(key, key)
+        if key not in field_names():
+            raise ConfigError("--grid", item, f"a config field before '=' (fedjax-sim list names them; "
+                                              f"{key!r} is not one)")
+        if key in NOT_GRIDDABLE:
+            raise ConfigError("--grid", item, f"a hyper-parameter field ({key} is set by its own flag: "
+                                              "--seeds, --algorithm, --out, --preset, --trials)")
+        typ = field_type(key)
+        if typ not in (int, float, bool, str):
+            raise ConfigError("--grid", item, f"a scalar field ({key} holds a list)")
+        if any(key == axis.field for axis in grid):
+            raise ConfigError("--grid", item, f"each field once ({key} is given twice; list all its values in one --grid)")
+        parts = [p.strip() for p in raw.split(",")]
+        if not raw.strip() or any(not p for p in parts):
+            raise ConfigError("--grid", item, f"one or more comma-separated values after '=' (an empty value for {key})")
+        try:
+            values = [_coerce(key, p, typ) for p in parts]
+        except ConfigError as e:
+            raise ConfigError("--grid", item, f"values of {key} that are {e.allowed}") from None
+        if len(set(values)) != len(values):
+            raise ConfigError("--grid", item, "distinct values (one is repeated)")
+        grid.append(GridAxis(key, values, item))
+    return grid
+
+
+def grid_points(cfg: Config, grid: list[GridAxis]) -> list[tuple[str, Config]]:
+    """The cartesian product of ``grid`` applied to copies of ``cfg``: [(name, config)], the name
+    ``field=value_field=value`` (a directory name), in row-major order of the grid."""
+    import itertools
+
+    points = []
+    for combo in itertools.product(*[axis.values for axis in grid]):
+        c = copy_config(cfg)
+        parts = []
+        for (key, _, _), value in zip(grid, combo):
+            set_field(c, key, value)
+            parts.append(f"{key}={value}")
+        points.append(("_".join(parts) or "default", c))
+    return points

@@ -5,10 +5,7 @@ created and before anything compiles.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,12 +16,11 @@ import numpy as np
 from fedjax_sim import config as config_lib
 from fedjax_sim import tasks as tasks_lib
 from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name
-from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
 from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global
 from fedjax_sim.core.local import Schedule
 from fedjax_sim.core.mapping import ClientMapping
 from fedjax_sim.core.optim import make_optimizer
-from fedjax_sim.errors import ConfigError, DivergedError
+from fedjax_sim.errors import ConfigError
 from fedjax_sim.models import MODELS, Model, build_model
 
 SUMMARY_KEYS = ("algorithm", "dataset", "config", "rounds_completed", "final", "timing")
@@ -86,25 +82,38 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
         raise ConfigError("cohort", cfg.cohort, f"at most the number of clients ({data.num_clients})")
     model = _build_model(cfg, data)
     task = resolve_task(cfg, data, model)
+    loc = cfg.local
+    schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs, loc.steps)
+    mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
+    prep = Prepared(cfg, data, model, task, schedule, mapping, None)
+    return prep._replace(algorithm=make_algorithm(prep, cfg, check=True))
+
+
+def make_algorithm(prep: Prepared, cfg: config_lib.Config, check: bool = False) -> Algorithm:
+    """Builds the optimizers and the algorithm of ``cfg`` on ``prep``'s data, model, task and
+    schedule. The swept hyper-parameters of a vmapped grid arrive in ``cfg`` as traced arrays
+    (`config.with_values`); ``check`` traces the optimizers once on the model's shapes to turn
+    hyper-parameters optax rejects into ConfigErrors (for concrete configs, before any compile)."""
+    data, model = prep.data, prep.model
     params0 = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    example = params0 if check else None
     loc, srv = cfg.local, cfg.server
     client_opt = make_optimizer(loc.optimizer, loc.lr, momentum=loc.momentum, weight_decay=loc.weight_decay,
                                 clip_norm=loc.clip_norm, args=loc.optimizer_args, field="local",
-                                params_example=params0)
+                                params_example=example)
     server_opt = make_optimizer(srv.optimizer, srv.lr, momentum=srv.momentum, args=srv.optimizer_args,
-                                field="server", params_example=params0)
-    schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs, loc.steps)
-    mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
+                                field="server", params_example=example)
     cohort = cfg.cohort or data.num_clients
-    ctx = BuildContext(task, model, client_opt, server_opt, schedule, data.max_train, loc.batch_size,
-                       mapping, loc.formulation, srv.weighting, cohort, data.num_clients)
-    algorithm = build(cfg.algorithm, ctx, cfg)
-    return Prepared(cfg, data, model, task, schedule, mapping, algorithm)
+    ctx = BuildContext(prep.task, model, client_opt, server_opt, prep.schedule, data.max_train,
+                       loc.batch_size, prep.mapping, loc.formulation, srv.weighting, cohort,
+                       data.num_clients)
+    return build(cfg.algorithm, ctx, cfg)
 
 
-def make_evaluator(prep: Prepared):
-    """evaluate(state, data, key) -> dict of metrics (global and personalized), jittable."""
-    alg, task = prep.algorithm, prep.task
+def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
+    """evaluate(state, data, key) -> dict of metrics (global and personalized), jittable.
+    ``alg`` (default ``prep.algorithm``): the algorithm whose state is evaluated."""
+    alg, task = alg or prep.algorithm, prep.task
     mapping = prep.mapping.resolved()
 
     def evaluate(state, data, key):
@@ -160,117 +169,21 @@ def headline_keys(task: tasks_lib.Task) -> tuple[str, str, str]:
 
 
 def run(cfg: config_lib.Config, progress: bool = True, data=None, prep: Prepared | None = None) -> dict:
-    """Runs one experiment and writes its run directory; returns the summary."""
-    prep = prep or prepare(cfg, data)
-    cfg = prep.config
-    out = Path(cfg.out or _default_out(cfg))
-    check_out_dir(str(out))
-    out.mkdir(parents=True, exist_ok=True)
-    alg = prep.algorithm
-    resolved = config_lib.to_dict(cfg)
-    resolved["out"] = str(out)
-    resolved["resolved"] = {"local_steps": prep.schedule.num_steps,
-                            "batch_size": prep.schedule.batch_size,
-                            "cohort": cfg.cohort or prep.data.num_clients,
-                            "model": prep.model.name, "task": prep.task.name, **alg.info,
-                            "backend": jax.default_backend()}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    g_key, p_key, per_client_key = headline_keys(prep.task)
-    from fedjax_sim.data import describe
+    """Runs one experiment (every seed of ``cfg.seeds``, or ``cfg.seed``) and writes its run
+    directory; returns the summary. DivergedError after writing, if a seed diverged."""
+    from fedjax_sim import trials
 
-    with count_compiles() as all_compiles:
-        data = jax.device_put(prep.data)
-        key = jax.random.PRNGKey(cfg.seed)
-        k_init, k_rounds, k_eval, k_events = jax.random.split(key, 4)
-        state = jax.jit(alg.init)(k_init, data)
-        block_len = min(cfg.eval_every, cfg.rounds)
-        round_keys = jax.random.split(k_rounds, cfg.rounds)
-        events = None if alg.events is None else alg.events(k_events, cfg.rounds)
-        example = jax.tree.map(lambda a: a[0], round_inputs(round_keys, 0, 1, 1, events))
-        block = jax.jit(make_block(alg.round, state, data, example), donate_argnums=0)
-        evaluate = jax.jit(make_evaluator(prep))
-
-        metrics_path = out / "metrics.jsonl"
-        history: list[dict] = []
-        train_s, samples, done, block_compiles = 0.0, 0.0, 0, 0
-        status, message = "ok", ""
-
-        def log_eval(rnd: int, extra: dict):
-            m = _host(evaluate(state, data, jax.random.fold_in(k_eval, rnd)))
-            per_client = m.pop(per_client_key)
-            rec = {"round": rnd, **extra, **m}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            history.append(rec)
-            return rec, per_client
-
-        rec, per_client = log_eval(0, {})
-        bar = _progress(cfg.rounds, progress, f"{cfg.algorithm}")
-        for b in range(math.ceil(cfg.rounds / block_len)):
-            lo = b * block_len
-            count = min(block_len, cfg.rounds - lo)
-            inputs = round_inputs(round_keys, lo, count, block_len, events)
-            jax.block_until_ready(inputs)
-            t = time.perf_counter()
-            with count_compiles() as compiles:
-                state, metrics = block(state, data, inputs)
-                losses = np.asarray(metrics["train_loss"])[:count]
-            train_s += time.perf_counter() - t - compiles.seconds
-            block_compiles += compiles.compiles
-            if b > 0 and compiles.compiles:
-                print(f"fedjax-sim: warning: the round block recompiled in block {b + 1} (a state or "
-                      f"input changed shape or dtype); see timing.round_block_compiles", file=sys.stderr)
-            samples += float(np.sum(np.asarray(metrics["samples"])[:count]))
-            if not np.all(np.isfinite(losses)):
-                bad = lo + int(np.argmin(np.isfinite(losses))) + 1
-                status = "diverged"
-                message = (f"training diverged at round {bad}: the training loss is {losses[bad - lo - 1]}; "
-                           f"stopped, results up to round {done} are in {out} "
-                           f"(try a smaller local.lr, now {cfg.local.lr})")
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"round": bad, "train_loss": None, "status": "diverged"}) + "\n")
-                break
-            done = lo + count
-            logged = {}
-            for name, values in metrics.items():
-                values = np.asarray(values)[:count]
-                if name != "samples" and values.ndim == 1:
-                    logged[name] = float(values[-1])
-                    logged[f"{name}_mean"] = float(np.mean(values))
-            rec, per_client = log_eval(done, logged)
-            if bar is not None:
-                bar.update(count)
-                bar.set_postfix({prep.task.headline[:12]: f"{rec.get(g_key, rec[p_key]):.3f}"})
-        if bar is not None:
-            bar.close()
-
-        final = {k: v for k, v in rec.items() if k != "round"}
-        # a client without test rows has no score: null, not a 0 that reads as perfect MSE
-        has_test = np.asarray(prep.data.n_test) > 0
-        final[per_client_key] = [v if h else None for v, h in zip(per_client, has_test)]
-        final["loss"] = rec.get("global_loss", rec.get("personalized_loss"))
-        if alg.report is not None:
-            final.update(_host(jax.jit(alg.report)(state)))
-    summary = {
-        "algorithm": cfg.algorithm,
-        "dataset": cfg.data.dataset,
-        "task": {"name": prep.task.name, "headline": prep.task.headline,
-                 "higher_is_better": prep.task.higher_is_better},
-        "config": resolved,
-        "rounds_completed": done,
-        "data": describe(prep.data),
-        "final": final,
-        "timing": {"compile_seconds": all_compiles.seconds, "train_seconds": train_s,
-                   "samples_per_second": samples / train_s if train_s > 0 else 0.0,
-                   "compiles": all_compiles.compiles, "round_block_compiles": block_compiles},
-        "status": status,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_history(history, out / "accuracy.png", cfg.algorithm, prep.task.headline)
-    if cfg.checkpoint:
-        save_checkpoint(state, out / "checkpoint.npz")
-    if status == "diverged":
-        raise DivergedError(message)
+    cfg = prep.config if prep is not None else cfg
+    out = cfg.out or _default_out(cfg)
+    check_out_dir(out)
+    seeds = trials.run_seeds(cfg)
+    if (prep is not None or data is not None) and seeds != [cfg.seed]:
+        raise ValueError("a given `prep` or `data` holds one seed's data; leave it out for several seeds")
+    group = trials.Group([with_out(cfg, out)], [out], seeds, ())
+    pg = trials.prepare_group(group, None if data is None else [data],
+                              None if prep is None else [[prep._replace(config=with_out(cfg, out))]])
+    summary = trials.run_group(pg, progress)[0]
+    trials.raise_if_diverged([summary])
     return summary
 
 
@@ -288,17 +201,34 @@ def save_checkpoint(state, path: Path) -> None:
 
 
 def plot_history(history: list[dict], path: Path, title: str, headline: str = "accuracy") -> None:
-    """The task's headline metric per evaluated round (global and personalized where present)."""
+    """The task's headline metric per evaluated round (global and personalized where present);
+    with several seeds (records carry ``seed``) one thin line per seed and their mean."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    rounds = [h["round"] for h in history]
-    for key, label in ((f"global_{headline}", "global model, global test"),
-                       (f"personalized_{headline}", "own model, own test (mean over clients)")):
-        if all(key in h for h in history):
-            ax.plot(rounds, [h[key] for h in history], marker="o", ms=3, label=label)
+    seeds = sorted({h.get("seed", 0) for h in history})
+    for (key, label), color in zip(((f"global_{headline}", "global model, global test"),
+                                    (f"personalized_{headline}", "own model, own test (mean over clients)")),
+                                   ("C0", "C1")):
+        curves = {}
+        for s in seeds:
+            hist = [h for h in history if h.get("seed", 0) == s and key in h]
+            if hist:
+                curves[s] = ([h["round"] for h in hist], [h[key] for h in hist])
+        if not curves:
+            continue
+        if len(curves) > 1:
+            for rounds, values in curves.values():
+                ax.plot(rounds, values, color=color, lw=0.6, alpha=0.35)
+            length = min(len(r) for r, _ in curves.values())  # a diverged seed stops early
+            rounds = next(iter(curves.values()))[0][:length]
+            values = np.mean([v[:length] for _, v in curves.values()], axis=0)
+            label += f", mean of {len(curves)} seeds"
+        else:
+            rounds, values = next(iter(curves.values()))
+        ax.plot(rounds, values, color=color, marker="o", ms=3, label=label)
     ax.set_xlabel("round")
     ax.set_ylabel(headline)
     ax.set_title(title)

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedjax_sim import cli, runner
+from fedjax_sim import cli
+from fedjax_sim import config as config_lib, runner
 from fedjax_sim.data import sources
 from fedjax_sim.errors import ConfigError
 
 SUMMARY_KEYS = {"algorithm", "dataset", "task", "config", "rounds_completed", "data", "final",
-                "timing", "status"}
+                "timing", "status", "evaluated_on", "seeds", "final_std", "per_seed"}
 TIMING_KEYS = {"compile_seconds", "train_seconds", "samples_per_second", "compiles",
-               "round_block_compiles"}
+               "round_block_compiles", "trials_in_program"}
 TINY = ["--clients", "3", "--rounds", "1", "--set", "model.hidden=4", "--set", "eval_every=1",
         "--no-progress"]
 
@@ -169,7 +170,120 @@ BAD_RUNS = [
      "fedavg_ft.finetune_epochs", "0"),
     # with-replacement sampling exists only for dominant_class
     (["--set", "data.with_replacement=true"], "data.with_replacement", "True"),
+    # seeds, presets, baselines, trial modes
+    (["--seeds", "0"], "--seeds", "0"),
+    (["--seeds", "-2"], "--seeds", "-2"),
+    (["--seeds", "ten"], "--seeds", "ten"),
+    (["--seeds", "1,1"], "--seeds", "1,1"),
+    (["--seeds", "1,,2"], "--seeds", "1,,2"),
+    (["--set", "seeds=3,-1"], "seeds", "3,-1"),
+    (["--preset", "nosuch"], "--preset", "nosuch"),
+    (["--algorithm", "fedavg,local", "--baselines", "fedprox"], "--baselines", "fedprox"),
+    (["--trials", "parallel"], "trials", "parallel"),
+    (["--set", "data.validation_fraction=1"], "data.validation_fraction", "1"),
 ]
+
+BAD_SWEEPS = [
+    ([], "--grid", ""),
+    (["--grid", "local.lr"], "--grid", "local.lr"),
+    (["--grid", "local.lr="], "--grid", "local.lr="),
+    (["--grid", "local.lr=0.1,"], "--grid", "local.lr=0.1,"),
+    (["--grid", "local.lr=fast,0.1"], "--grid", "local.lr=fast,0.1"),
+    (["--grid", "local.lr=0.1,0.1"], "--grid", "local.lr=0.1,0.1"),
+    (["--grid", "model.hidden=8,16"], "--grid", "model.hidden=8,16"),
+    (["--grid", "nosuch=1,2"], "--grid", "nosuch=1,2"),
+    (["--grid", "seed=1,2"], "--grid", "seed=1,2"),
+    (["--grid", "local.lr=0.1", "--grid", "local.lr=0.2"], "--grid", "local.lr=0.2"),
+    (["--grid", "fedprox.mu=0,0.1"], "--grid", "fedprox.mu=0,0.1"),  # fedavg does not read it
+    (["--grid", "local.momentum=0.5,0.9"], "--grid", "local.momentum=0.5,0.9"),  # sgd ignores it
+    (["--grid", "local.lr=0,0.1"], "local.lr", "0.0"),  # every point is validated
+    (["--grid", "local.lr=0.1", "--validation-fraction", "1.5"], "--validation-fraction", "1.5"),
+    (["--grid", "local.lr=0.1", "--select", "x", "--seeds", "0"], "--seeds", "0"),
+    (["--grid", "local.lr=0.1", "--select", "accuracy"], "--select", "accuracy"),
+    (["--grid", "local.lr=0.1", "--select", "global_accuracy", "--algorithm", "local"],
+     "--select", "global_accuracy"),
+]
+
+
+@pytest.mark.parametrize("args,field,value", BAD_SWEEPS, ids=[" ".join(a) or "no grid" for a, _, _ in BAD_SWEEPS])
+def test_bad_sweep_input_exits_2_naming_field_and_value(args, field, value, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["sweep", "--clients", "3", "--rounds", "1", "--set", "model.hidden=4", "--no-progress",
+                   "--out", str(out)] + args)
+    _assert_config_error(capsys, rc, field, value)
+    assert not out.exists()
+
+
+def test_seeds_run_writes_per_seed_results(tmp_path, capsys):
+    """--seeds 3 on two algorithms: one vmapped program per algorithm, per-seed finals with
+    mean and std, results.md with the paired interval against the named baseline, seeds.png."""
+    out = tmp_path / "cmp"
+    rc = cli.main(["run", "--algorithm", "fedavg,local", "--baselines", "local", "--seeds", "3",
+                   "--seed", "5"] + TINY + ["--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "fedavg" / "summary.json").read_text())
+    assert summary["seeds"] == [5, 6, 7] and summary["config"]["seeds"] == [5, 6, 7]
+    assert summary["config"]["resolved"]["trials"]["mode"] == "vmap"
+    finals = [e["final"]["personalized_accuracy"] for e in summary["per_seed"]]
+    assert summary["final"]["personalized_accuracy"] == pytest.approx(np.mean(finals))
+    records = [json.loads(l) for l in (out / "fedavg" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r["seed"] for r in records}) == [5, 6, 7]
+    results = (out / "results.md").read_text()
+    assert "Δ vs local" in results and "Δ vs fedavg" not in results
+    assert (out / "seeds.png").stat().st_size > 0
+    # the stored config re-runs the same seeds
+    again = tmp_path / "again"
+    rc = cli.main(["run", "--config", str(out / "local" / "config.json"), "--no-progress", "--out", str(again)])
+    assert rc == 0
+    rerun = json.loads((again / "summary.json").read_text())
+    base = json.loads((out / "local" / "summary.json").read_text())
+    assert rerun["seeds"] == [5, 6, 7]
+    np.testing.assert_allclose([e["final"]["personalized_accuracy"] for e in rerun["per_seed"]],
+                               [e["final"]["personalized_accuracy"] for e in base["per_seed"]], atol=1e-6)
+
+
+def test_sweep_selects_on_validation_and_writes_the_best_config(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = cli.main(["sweep", "--algorithm", "fedavg,fedprox", "--grid", "local.lr=0.02,0.2",
+                   "--grid", "server.lr=0.5,1", "--seeds", "2"] + TINY + ["--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads((out / "sweep.json").read_text())
+    for name in ("fedavg", "fedprox"):
+        points = result[name]["points"]
+        assert len(points) == 4
+        best = max(points, key=lambda p: p["mean"])
+        assert result[name]["selected"] == best["point"]
+        summary = json.loads((Path(best["out"]) / "summary.json").read_text())
+        assert summary["evaluated_on"] == "validation" and summary["config"]["data"]["validation_fraction"] == 0.2
+        assert summary["config"]["resolved"]["trials"]["grid_points_in_program"] == 4
+        chosen = json.loads((out / name / "best_config.json").read_text())
+        assert chosen["data"]["validation_fraction"] == 0.0 and "seeds" not in chosen
+        assert chosen["local"]["lr"] == summary["config"]["local"]["lr"]
+    assert "**" + result["fedavg"]["selected"] + "**" in (out / "sweep.md").read_text()
+    rc = cli.main(["run", "--config", str(out / "fedavg" / "best_config.json"), "--no-progress",
+                   "--out", str(tmp_path / "final")])
+    assert rc == 0
+    assert json.loads((tmp_path / "final" / "summary.json").read_text())["evaluated_on"] == "test"
+
+
+def test_preset_round_trips_through_config_json(tmp_path, capsys):
+    from fedjax_sim.presets import PRESETS
+
+    out = tmp_path / "p"
+    rc = cli.main(["run", "--preset", "fedrema", "--algorithm", "fedrema", "--rounds", "1",
+                   "--set", "local.epochs=1", "--set", "model.hidden=8,8", "--no-progress", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["preset"] == "fedrema"
+    for key, value in PRESETS["fedrema"].values.items():
+        if key not in ("rounds", "local.epochs"):  # given explicitly: flags win over the preset
+            node = stored
+            for part in key.split("."):
+                node = node[part]
+            assert node == (list(value) if isinstance(value, tuple) else value), key
+    assert stored["rounds"] == 1 and stored["local"]["epochs"] == 1
+    cfg = cli.config_from_args(cli.build_parser().parse_args(["run", "--config", str(out / "config.json")]))
+    assert config_lib.to_dict(cfg) == {k: v for k, v in stored.items() if k not in ("resolved", "out")} | {"out": ""}
 
 
 def _assert_config_error(capsys, rc, field, value):

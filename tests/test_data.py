@@ -121,9 +121,9 @@ def test_dominant_class_on_digits_with_replacement():
         assert len(idx) == 100 and len(np.unique(idx)) == 100  # never twice within a client
         assert counts[group].sum() / 100 >= 1 - s
         assert counts[group].sum() == 80 + 2 * len(group)  # 80 dominant + 2 per class IID
-    # The sampling is the code's sequential walk: the first client gets each class's first rows.
-    first = np.flatnonzero(labels == 1)[:2 + 27]
-    np.testing.assert_array_equal(np.sort(clients[0][labels[clients[0]] == 1]), np.sort(first))
+    # The code's sequential walk, over each class block shuffled by the seed: the first client
+    # gets the first rows of the shuffled block of class 1.
+    _check_walk(clients, labels, 2 + 27)
     flat = np.concatenate(clients)
     assert len(np.unique(flat)) < len(flat)  # 20 x 100 > 1797: the blocks wrapped
     with pytest.raises(ConfigError) as err:  # the same request without replacement is refused
@@ -141,10 +141,26 @@ def test_dominant_class_without_replacement_never_wraps():
     over = _partition("dominant_class", labels, 20, samples_per_client=largest + 1, with_replacement=True)
     flat = np.concatenate(over)
     assert len(np.unique(flat)) < len(flat)
-    # Sequential walk without wrap: client 0 still gets each class's first rows.
+    # Sequential walk without wrap over the seed's shuffled blocks.
     iid, grp = part._dominant_counts(largest, 10, 0.2, 3)
-    first = np.flatnonzero(labels == 1)[:iid[1] + grp[1]]
-    np.testing.assert_array_equal(np.sort(clients[0][labels[clients[0]] == 1]), np.sort(first))
+    _check_walk(clients, labels, iid[1] + grp[1])
+
+
+def _check_walk(clients, labels, first_count):
+    """Client 0 holds the first rows of class 1's block, the blocks shuffled in class order by
+    the partition's generator (seed 0 in `_partition`)."""
+    rng = np.random.default_rng(0)
+    block = [rng.permutation(np.flatnonzero(labels == k)) for k in range(10)][1]
+    np.testing.assert_array_equal(np.sort(clients[0][labels[clients[0]] == 1]), np.sort(block[:first_count]))
+
+
+def test_dominant_class_varies_with_the_seed_not_its_counts():
+    labels = DATASETS["digits"](_cfg(), np.random.default_rng(0)).y_pool
+    a = part.dominant_class(labels, 20, np.random.default_rng(1))
+    b = part.dominant_class(labels, 20, np.random.default_rng(2))
+    assert any(set(x.tolist()) != set(y.tolist()) for x, y in zip(a, b))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.bincount(labels[x], minlength=10), np.bincount(labels[y], minlength=10))
 
 
 def test_quantity_skew_sizes():

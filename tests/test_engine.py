@@ -16,7 +16,7 @@ import pytest
 
 from conftest import make_data, tiny_config
 from fedjax_sim import config as config_lib
-from fedjax_sim import runner, tasks
+from fedjax_sim import runner, tasks, trials
 from fedjax_sim.aggregators import (Aggregator, broadcast_mean, chain, keep, mean, partition,
                                     server_optimizer)
 from fedjax_sim.algorithms import Algorithm
@@ -290,7 +290,7 @@ def test_runner_reports_a_recompiling_block(tmp_path, capsys, monkeypatch):
     sees it and warns. This is the check test_runner_compiles_round_block_and_evaluator_once
     relies on, shown to fail when a shape changes."""
     unpadded = lambda keys, start, count, block_len, events=None: round_inputs(keys, start, count, count, events)
-    monkeypatch.setattr(runner, "round_inputs", unpadded)
+    monkeypatch.setattr(trials, "round_inputs", unpadded)
     cfg = tiny_config(rounds=5, eval_every=2, out=str(tmp_path / "run"))
     summary = runner.run(cfg, progress=False, data=make_data())
     assert summary["timing"]["round_block_compiles"] == 2

@@ -407,9 +407,9 @@ def test_fedrep_two_phases_match_python_reference():
 ABLATION_DATA = dict(train_sizes=(8, 6, 9, 7, 5, 8), test_sizes=(3,) * 6, seed=3)
 
 
-def _ablation_run(tmp_path_factory, name, rounds=4):
+def _ablation_run(tmp_path_factory, name, rounds=6):
     """``runner.run`` of one FedReMa variant on a 6-client hand-built dataset, everyone every round;
-    delta 1 (the CCP ends as soon as the mean MDS gap drops: round 2 with this seed).
+    delta 1 (the CCP ends as soon as the mean MDS gap drops: round 4 with this seed).
     Returns (summary, metrics records of rounds 1.., final heads [C, P] from the checkpoint)."""
     out = tmp_path_factory.mktemp(name) / "run"
     cfg = tiny_config(algorithm=name, rounds=rounds, eval_every=1, checkpoint=True, out=str(out),

@@ -1,19 +1,30 @@
-"""Runs FedReMa and its baselines over seeds, then generates the results table and plot.
+"""FedReMa and its baselines, each tuned on a validation split, then compared over seeds.
 
   python experiments/fedrema/run.py                      # digits, config.json as is
   python experiments/fedrema/run.py --dataset cifar10    # same code path, TFDS cifar10
   python experiments/fedrema/run.py --report-only        # regenerate table/plot from run dirs
 
-Run directories go to runs/fedrema/<dataset>/<method>/seed<k> (git-ignored); the generated
-results (never typed by hand) go next to this file: results.md (results_<dataset>.md for other
-datasets) and personalized_accuracy.png (personalized_accuracy_<dataset>.png).
+Protocol (fixed in config.json before any run):
+  1. tune: ``fedjax-sim sweep`` of every method over the same grid (config.json ``tune.grid``) on
+     the tuning seeds, selected on a validation split carved from each client's training rows by
+     the final-round personalized accuracy (mean over tuning seeds); the test split is not seen.
+  2. final: ``fedjax-sim run`` of each method's selected config on the final seeds (disjoint from
+     the tuning seeds), all trained on full training rows, evaluated on the test split. Seeds are
+     one vmapped program per method.
+  3. report: final-round personalized accuracy is the metric (best over rounds secondary); paired
+     95% bootstrap intervals over seeds against each baseline and of each ablation against
+     FedReMa (`fedjax_sim.report.comparison_table`).
+
+Run directories go to runs/fedrema/<dataset>/{tune,final/<method>} (git-ignored); the generated
+results (never typed by hand) go next to this file: results.md and personalized_accuracy.png,
+seed_points.png (suffixed _<dataset> for other datasets).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,67 +34,47 @@ ROOT = HERE.parents[1]
 
 
 def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return json.loads(Path(path).read_text())
 
 
-def run_all(spec: dict, runs_dir: Path, progress: bool) -> None:
-    from fedjax_sim import config as config_lib
-    from fedjax_sim import runner
+def _cli(args: list[str]) -> None:
+    from fedjax_sim.cli import main
 
-    for seed in spec["seeds"]:
-        data = None
-        for method in spec["methods"]:
-            out = runs_dir / method / f"seed{seed}"
-            if (out / "summary.json").exists():
-                print(f"skip {out} (done)")
-                continue
-            if out.exists():
-                for f in out.iterdir():
-                    f.unlink()
-            raw = copy.deepcopy(spec["base"])
-            raw.update({"algorithm": method, "seed": seed, "out": str(out)})
-            cfg = config_lib.from_dict(raw)
-            prep = runner.prepare(cfg, data)
-            data = prep.data
-            summary = runner.run(prep.config, progress=progress, prep=prep)
-            print(f"{method:22s} seed {seed}: personalized acc {summary['final']['personalized_accuracy']:.4f}"
-                  + (f"  ccp_end_round {summary['final']['ccp_end_round']:.0f}"
-                     if "ccp_end_round" in summary["final"] else ""), flush=True)
+    print("fedjax-sim " + " ".join(args), flush=True)
+    code = main(args)
+    if code != 0:
+        raise SystemExit(f"fedjax-sim {' '.join(args)} exited with {code}")
 
 
-def _history(run: Path) -> list[dict]:
-    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+def tune(spec: dict, runs_dir: Path, progress: bool) -> None:
+    """One sweep over every method (skipped when its sweep.json exists)."""
+    out = runs_dir / "tune"
+    if (out / "sweep.json").exists():
+        print(f"skip tuning ({out / 'sweep.json'} exists)")
+        return
+    t = spec["tune"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec["base"], f)
+    args = ["sweep", "--config", f.name, "--algorithm", ",".join(spec["methods"]),
+            "--seeds", ",".join(map(str, t["seeds"])), "--validation-fraction", str(t["validation_fraction"]),
+            "--out", str(out)]
+    for key, values in t["grid"].items():
+        args += ["--grid", f"{key}={','.join(map(str, values))}"]
+    _cli(args + ([] if progress else ["--no-progress"]))
 
 
-def collect(spec: dict, runs_dir: Path) -> dict:
-    """method -> {final [S], best [S], ccp_end [S] or None, rounds [R], curves [S, R]}."""
-    out = {}
+def final(spec: dict, runs_dir: Path, progress: bool) -> None:
+    """Each method's selected config on the final seeds (skipped when its summary exists)."""
     for method in spec["methods"]:
-        finals, bests, ends, curves, rounds, shares, test_rows = [], [], [], [], None, [], []
-        for seed in spec["seeds"]:
-            run = runs_dir / method / f"seed{seed}"
-            if not (run / "summary.json").exists():
-                continue
-            summary = _load(run / "summary.json")
-            hist = [h for h in _history(run) if "personalized_accuracy" in h]
-            rounds = [h["round"] for h in hist]
-            curve = [h["personalized_accuracy"] for h in hist]
-            curves.append(curve)
-            finals.append(summary["final"]["personalized_accuracy"])
-            test_rows.append(summary["data"]["test_per_client"]["mean"])
-            bests.append(max(curve))
-            if "ccp_end_round" in summary["final"]:
-                ends.append(summary["final"]["ccp_end_round"])
-            if "dependency_matrix" in summary["final"]:
-                shares.append(same_group_share(np.array(summary["final"]["dependency_matrix"]),
-                                               spec["base"]["data"]))
-        if finals:
-            out[method] = {"final": np.array(finals), "best": np.array(bests),
-                           "ccp_end": np.array(ends) if ends else None,
-                           "rounds": rounds, "curves": np.array(curves),
-                           "group_share": np.array(shares) if shares else None,
-                           "test_rows": float(np.mean(test_rows))}
-    return out
+        out = runs_dir / "final" / method
+        if (out / "summary.json").exists():
+            print(f"skip {out} (done)")
+            continue
+        best = runs_dir / "tune" / method / "best_config.json"
+        if not best.exists():
+            raise SystemExit(f"{best} missing: tuning selected nothing for {method} (see tune/sweep.md)")
+        _cli(["run", "--config", str(best), "--seeds", ",".join(map(str, spec["seeds"])),
+              "--out", str(out)] + ([] if progress else ["--no-progress"]))
 
 
 def same_group_share(dep: np.ndarray, data_cfg: dict) -> float:
@@ -101,105 +92,107 @@ def same_group_share(dep: np.ndarray, data_cfg: dict) -> float:
     return float(np.mean((peers * same).sum(1)[ok] / tot[ok])) if ok.any() else float("nan")
 
 
-def _pm(a: np.ndarray) -> str:
-    return f"{100 * a.mean():.2f} ± {100 * a.std():.2f}"
+def collect(spec: dict, runs_dir: Path) -> dict:
+    """method -> final summary (only finished methods)."""
+    out = {}
+    for method in spec["methods"]:
+        path = runs_dir / "final" / method / "summary.json"
+        if path.exists():
+            out[method] = _load(path)
+    return out
 
 
-def write_table(spec: dict, res: dict, path: Path) -> str:
-    base = spec["base"]
-    seeds = spec["seeds"]
+def _selected(runs_dir: Path) -> dict:
+    path = runs_dir / "tune" / "sweep.json"
+    return _load(path) if path.exists() else {}
+
+
+def _ccp_cells(summary: dict, data_cfg: dict) -> tuple[str, str]:
+    ends = [e["final"].get("ccp_end_round") for e in summary["per_seed"]]
+    if any(v is None for v in ends):
+        return "-", "-"
+    shares = [same_group_share(np.asarray(e["final"]["dependency_matrix"]), data_cfg)
+              for e in summary["per_seed"] if "dependency_matrix" in e["final"]]
+    end = f"{np.median(ends):.0f} [{min(ends):.0f}, {max(ends):.0f}]"
+    return end, (f"{np.mean(shares):.2f}" if shares else "-")
+
+
+def write_table(spec: dict, res: dict, runs_dir: Path, path: Path) -> str:
+    from fedjax_sim.report import comparison_table
+
+    base, seeds, t = spec["base"], spec["seeds"], spec["tune"]
+    sweep = _selected(runs_dir)
+    grid = "; ".join(f"`{k}` in {{{', '.join(map(str, v))}}}" for k, v in t["grid"].items())
     lines = [
         "# FedReMa and personalized baselines: personalized accuracy",
         "",
         "Generated by `experiments/fedrema/run.py` from the run directories; do not edit by hand.",
         "",
         f"Dataset `{base['data']['dataset']}`, partition `{base['data']['partition']}`, "
-        f"{base['data']['num_clients']} clients (all participate every round), "
-        f"{base['rounds']} rounds, evaluation every {base['eval_every']} rounds, seeds {seeds}. "
-        f"Local: {base['local']['optimizer']} lr {base['local']['lr']} momentum "
-        f"{base['local']['momentum']}, clip {base['local']['clip_norm']}, {base['local']['epochs']} "
-        f"epochs, batch {base['local']['batch_size']}; model {base['model']['name']} hidden "
-        f"{base['model']['hidden']}, head = last {base['model']['head_layers']} dense layers.",
+        f"{base['data']['num_clients']} clients (all participate every round), {base['rounds']} rounds, "
+        f"evaluation every {base['eval_every']} rounds. Local: {base['local']['optimizer']} momentum "
+        f"{base['local']['momentum']}, clip {base['local']['clip_norm']}, {base['local']['epochs']} epochs, "
+        f"batch {base['local']['batch_size']}; FedRep {base['fedrep']['head_epochs']} head epochs first; "
+        f"model {base['model']['name']} hidden {base['model']['hidden']}, head = last "
+        f"{base['model']['head_layers']} dense layers.",
         "",
-        "Personalized accuracy = mean over clients of each client's own model on its own test split, "
-        "in percent, mean ± std over seeds. *final* = after the last round; *best* = max over "
-        "evaluated rounds (the official code's reporting protocol, spec §7.10; it is optimistic).",
+        f"**Tuning** (same for every method, `tune/sweep.md`): {grid}, selected by the final-round "
+        f"personalized accuracy on a validation split ({t['validation_fraction']:g} of each client's "
+        f"training rows), mean over tuning seeds {t['seeds']}; the test split was not evaluated. "
+        f"**Final**: the selected setting, trained on all training rows, on seeds {seeds[0]}..{seeds[-1]} "
+        f"({len(seeds)} seeds, disjoint from the tuning seeds); a seed fixes the partition, the "
+        "initialization and every sampled key, so methods are paired by seed.",
         "",
-        "| method | final personalized acc (%) | best-over-rounds (%) | CCP end round (per seed) "
-        "| peer weight on own group |",
-        "|---|---|---|---|---|",
+        "| method | selected lr | CCP end round, median [min, max] | peer weight on own group |",
+        "|---|---|---|---|",
     ]
-    for method, r in res.items():
-        end = "-"
-        if r["ccp_end"] is not None:
-            e = r["ccp_end"]
-            end = ", ".join("never" if v < 0 else f"{v:.0f}" for v in e)
-        share = "-" if r["group_share"] is None else f"{r['group_share'].mean():.2f}"
-        lines.append(f"| {method} | {_pm(r['final'])} | {_pm(r['best'])} | {end} | {share} |")
-    if any(r["group_share"] is not None for r in res.values()):
-        c = base["data"]["num_clients"]
-        lines += ["", "*peer weight on own group*: mean over clients of the share of the post-CCP "
-                  "history weight (dependency counts G without self) that falls on peers of the "
-                  "client's own dominant-class group (partition groups, 10 classes assumed), mean over "
-                  f"seeds; chance with {c} clients in 5 groups is {(c / 5 - 1) / (c - 1):.2f}."]
-    if "fedrema" in res:
-        fr = res["fedrema"]["final"].mean()
-        paired = 100 * (res["fedrema"]["final"] - res["fedavg"]["final"]) if "fedavg" in res else None
-        comp = []
-        for other in ("fedavg", "local", "fedper", "head_avg"):
-            if other in res:
-                d = 100 * (fr - res[other]["final"].mean())
-                comp.append(f"{other} {d:+.2f}")
-        lines += ["", "FedReMa final accuracy minus baseline (percentage points, mean over seeds): "
-                  + ", ".join(comp) + "."]
-        lines += ["", "Paired per seed (FedReMa − baseline, same seed = same data and initialization), "
-                  "final personalized accuracy in pp: mean of the differences with a 95% percentile "
-                  "bootstrap interval over seeds (`fedjax_sim.experiments.paired_bootstrap`, fixed "
-                  "bootstrap seed), their std, and the seeds where FedReMa is ahead. The baselines run "
-                  "the experiment's fixed settings, not a tuned grid.", "",
-                  "| baseline | mean diff (pp) | 95% interval (pp) | std (pp) | FedReMa ahead |",
-                  "|---|---|---|---|---|"]
-        from fedjax_sim.experiments import paired_bootstrap
-        for other, r in res.items():
-            if other == "fedrema" or len(r["final"]) != len(res["fedrema"]["final"]):
-                continue
-            p = paired_bootstrap(100 * res["fedrema"]["final"], 100 * r["final"])
-            d = 100 * (res["fedrema"]["final"] - r["final"])
-            lines.append(f"| {other} | {p.mean:+.2f} | [{p.lo:+.2f}, {p.hi:+.2f}] "
-                         f"| {d.std(ddof=1) if len(d) > 1 else 0.0:.2f} | {p.wins} of {p.n} |")
-        if paired is not None and len(paired) == len(res["fedrema"]["final"]):
-            rows = res["fedrema"]["test_rows"]
-            c = base["data"]["num_clients"]
-            lines += ["", "Per-seed FedReMa − FedAvg (pp): " + ", ".join(f"{d:+.2f}" for d in paired)
-                      + f". Each client's test split is small ({rows:.1f} images on average), so one "
-                      f"image moves a client's accuracy by ~{100 / rows:.1f} pp and the mean over "
-                      f"clients by ~{100 / rows / c:.2f} pp. Test rows are drawn from a test pool "
-                      "held out before partitioning, so no client's test image is in any client's "
-                      "training set."]
+    for method, s in res.items():
+        lr = s["config"]["local"]["lr"]
+        chosen = sweep.get(method, {}).get("selected", "?")
+        end, share = _ccp_cells(s, base["data"])
+        lines.append(f"| {method} | {lr:g} (`{chosen}`) | {end} | {share} |")
+    c = base["data"]["num_clients"]
+    lines += ["", "*peer weight on own group*: mean over clients and seeds of the share of the post-CCP "
+              "history weight (dependency counts G without self) that falls on peers of the client's "
+              f"own dominant-class group; chance with {c} clients in 5 groups is {(c / 5 - 1) / (c - 1):.2f}.", ""]
+    main_rows = [m for m in res if m not in spec["ablations"]]
+    baselines = [b for b in spec["baselines"] if b in res]
+    lines += ["## FedReMa against the baselines", "",
+              comparison_table([res[m] for m in main_rows], baselines), ""]
+    ablations = [m for m in spec["ablations"] if m in res]
+    if "fedrema" in res and ablations:
+        lines += ["## Ablations against FedReMa", "",
+                  comparison_table([res["fedrema"]] + [res[m] for m in ablations], ["fedrema"]), ""]
+    rows = np.mean([s["data"]["test_per_client"]["mean"] for s in res.values()])
+    lines += [f"Each client's test split is small ({rows:.1f} images on average), so one image moves a "
+              f"client's accuracy by ~{100 / rows:.1f} pp and the mean over clients by "
+              f"~{100 / rows / c:.2f} pp. Test rows come from a test pool held out before partitioning, "
+              "so no client's test image is in any client's training set."]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
 
 
-def plot(res: dict, path: Path, title: str) -> None:
+def plot_curves(res: dict, path: Path, title: str) -> None:
+    """Mean personalized accuracy over seeds against round, one line per method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedjax_sim.report import load_metrics
+
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, r in res.items():
-        mean = r["curves"].mean(0)
+    lows = []
+    for method, s in res.items():
+        hist = [h for h in load_metrics(Path(s["config"]["out"])) if "personalized_accuracy" in h]
+        rounds = sorted({h["round"] for h in hist})
+        mean = [np.mean([h["personalized_accuracy"] for h in hist if h["round"] == r]) for r in rounds]
+        lows.append(min(mean[1:]) if len(mean) > 1 else mean[0])
         style = "-" if method.startswith("fedrema") else "--"
-        lw = 2.2 if method == "fedrema" else 1.2
-        ax.plot(r["rounds"], mean, style, lw=lw, label=method)
-    if "fedrema" in res and res["fedrema"]["ccp_end"] is not None:
-        for i, e in enumerate(res["fedrema"]["ccp_end"]):
-            if e >= 0:
-                ax.axvline(e, color="k", ls=":", lw=1, label="FedReMa CCP end (per seed)" if i == 0 else None)
+        ax.plot(rounds, mean, style, lw=2.2 if method == "fedrema" else 1.2, label=method)
     ax.set_xlabel("round")
-    ax.set_ylabel("personalized accuracy (mean over clients)")
-    lo = min(float(r["curves"].mean(0)[1:].min()) for r in res.values())
-    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_ylabel("personalized accuracy (mean over clients and seeds)")
+    ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
@@ -213,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=str(HERE / "config.json"))
     p.add_argument("--dataset", help="override data.dataset (e.g. cifar10)")
     p.add_argument("--rounds", type=int, help="override rounds")
-    p.add_argument("--seeds", help="comma-separated seeds (override)")
+    p.add_argument("--seeds", help="comma-separated final seeds (override)")
     p.add_argument("--methods", help="comma-separated methods (override)")
     p.add_argument("--runs-dir", help="default runs/fedrema/<dataset>")
     p.add_argument("--report-only", action="store_true")
@@ -231,16 +224,19 @@ def main(argv=None) -> int:
     dataset = spec["base"]["data"]["dataset"]
     runs_dir = Path(a.runs_dir or ROOT / "runs" / "fedrema" / dataset.replace("/", "_"))
     if not a.report_only:
-        run_all(spec, runs_dir, a.progress)
+        tune(spec, runs_dir, a.progress)
+        final(spec, runs_dir, a.progress)
     res = collect(spec, runs_dir)
     if not res:
         print(f"no finished runs under {runs_dir}", file=sys.stderr)
         return 1
     suffix = "" if dataset == "digits" else f"_{dataset.replace('/', '_')}"
-    table = write_table(spec, res, HERE / f"results{suffix}.md")
-    plot(res, HERE / f"personalized_accuracy{suffix}.png",
-         f"{dataset}, {spec['base']['data']['partition']}, {spec['base']['data']['num_clients']} clients, "
-         f"mean over {len(spec['seeds'])} seeds")
+    table = write_table(spec, res, runs_dir, HERE / f"results{suffix}.md")
+    title = (f"{dataset}, {spec['base']['data']['partition']}, {spec['base']['data']['num_clients']} clients, "
+             f"mean over {len(spec['seeds'])} seeds")
+    plot_curves(res, HERE / f"personalized_accuracy{suffix}.png", title)
+    from fedjax_sim.report import seed_points_plot
+    seed_points_plot(list(res.values()), HERE / f"seed_points{suffix}.png")
     print(table)
     return 0
 

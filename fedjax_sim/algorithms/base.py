@@ -98,4 +98,8 @@ def build(name: str, ctx: BuildContext, cfg) -> Algorithm:
     """Builds algorithm ``name``; only its own section of ``cfg`` reaches the builder."""
     check_name(name)
     section = SECTION_OF.get(name)
-    return ALGORITHMS[name](ctx, getattr(cfg, section) if section else None)
+    hp = getattr(cfg, section) if section else None
+    # swept values arrive as tracers (fedjax_sim.trials) and were range-checked as numbers before
+    if hp is not None and hasattr(hp, "validate") and not config_lib.traced(hp):
+        hp.validate()
+    return ALGORITHMS[name](ctx, hp)

@@ -34,6 +34,7 @@ class FedProxConfig:
 
     NAME = "fedprox"
     ALIASES = {"server.prox_mu": "fedprox.mu"}
+    TRACEABLE = ("mu",)
     mu: float = 0.01
 
     def validate(self):

@@ -48,6 +48,7 @@ class FedReMaConfig:
     """
 
     NAME = "fedrema"
+    TRACEABLE = ("delta", "t_ref", "t_peer")
     delta: float = 0.5
     sim_type: str = "probe"
     t_ref: float = 0.5
@@ -67,7 +68,6 @@ class FedReMaConfig:
 
 
 def _fedrema(ctx: BuildContext, hp: FedReMaConfig, name: str, ablation: str | None = None) -> Algorithm:
-    hp.validate()
     require_classification(ctx.task, name)
     ablation = ablation or hp.ablation
     if ctx.cohort < 3:

@@ -16,7 +16,7 @@ import optax
 from fedjax_sim.core.factored import make_factored_train
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.mapping import ClientMapping
-from fedjax_sim.core.optim import OptimizerSpec, proximal
+from fedjax_sim.core.optim import OptimizerSpec, proximal, static_zero
 from fedjax_sim.errors import ConfigError
 
 FORMULATIONS = ("auto", "materialized", "factored")
@@ -74,7 +74,7 @@ def make_cohort_train(task, layout: DenseLayout | None, optimizer: OptimizerSpec
     else:
         mapping = mapping.resolved()
         transform = optimizer.transform
-        if prox_mu > 0:
+        if not static_zero(prox_mu):
             transform = optax.chain(proximal(prox_mu), transform)
         local_train = make_local_train(task.loss, transform, schedule, max_n)
 

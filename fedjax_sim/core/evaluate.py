@@ -19,16 +19,23 @@ from fedjax_sim.tasks import count_key, divide_metrics, is_count
 
 
 def evaluate_global(metrics_fn: Callable, params, rows: dict, batch_size: int = 512) -> dict:
-    """``global_<metric>`` of one model on rows (leaves [T, ...]), in fixed-size batches."""
+    """``global_<metric>`` of one model on rows (leaves [T, ...]), in fixed-size batches.
+
+    ``rows["mask"]`` [T] bool, when present, marks the valid rows (data of several seeds stacked
+    to a common T, `data.stack_trials`); without it every row counts.
+    """
+    rows = dict(rows)
+    valid = rows.pop("mask", None)
     t = jax.tree.leaves(rows)[0].shape[0]
     nb = -(-t // batch_size)
     pad = nb * batch_size - t
+    valid = jnp.ones(t, bool) if valid is None else valid
 
     def batched(a):
         a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
         return a.reshape(nb, batch_size, *a.shape[1:])
 
-    batches = {**jax.tree.map(batched, rows), "mask": (jnp.arange(nb * batch_size) < t).reshape(nb, batch_size)}
+    batches = {**jax.tree.map(batched, rows), "mask": batched(valid)}
     sums = jax.tree.map(lambda v: jnp.sum(v, 0), jax.lax.map(lambda b: metrics_fn(params, b), batches))
     return {f"global_{k}": v for k, v in divide_metrics(sums).items()}
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_sim.core.local import Schedule, batch_indices, summarize
+from fedjax_sim.core.optim import static_zero
 from fedjax_sim.types import LowRankDelta
 
 Params = Any
@@ -89,7 +90,7 @@ def make_factored_train(output_loss, layers_of, with_layers, schedule: Schedule,
             for i, (h, g) in enumerate(zip(inputs, grads)):
                 a_fac[i] = jax.lax.dynamic_update_slice(a_fac[i], h, (t * b_size, 0))
                 # (the static check skips a full [R, out] rescale per step when there is no prox)
-                old_g = g_fac[i] * decay if prox_mu > 0 else g_fac[i]
+                old_g = g_fac[i] * decay if not static_zero(prox_mu) else g_fac[i]
                 g_fac[i] = jax.lax.dynamic_update_slice(old_g, lr * g, (t * b_size, 0))
                 start = bias0[i]
                 new_biases.append(start + decay * (biases[i] - start) - lr * jnp.sum(g, 0))

@@ -49,24 +49,42 @@ def batch_indices(key: jax.Array, n: jax.Array, max_n: int, schedule: Schedule):
       idx [S, B] int32 rows into the client's [N_max] arrays; mask [S, B] bool.
       Epoch mode: a fresh permutation of the valid rows per epoch. Fixed-steps mode: one
       permutation, read cyclically (sample t*B+b is row perm[(t*B+b) mod n]).
+
+    Padding-invariant: each row's sort key comes from ``fold_in(key, row)``, not from one draw of
+    shape [N_max], so the valid rows' order does not depend on N_max. A seed therefore trains the
+    same whether its data is padded to its own largest client or to the largest client of a
+    stacked set of seeds (`fedjax_sim.trials`).
     """
     b, s = schedule.batch_size, schedule.num_steps
-    valid = jnp.arange(max_n) < n
+    rows = jnp.arange(max_n)
+    valid = rows < n
 
     def permutation(k):
+        u = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(k, r)))(rows)
         # padding rows sort last, so perm[:n] is a uniform permutation of the valid rows
-        return jnp.argsort(jnp.where(valid, jax.random.uniform(k, (max_n,)), 2.0))
+        return jnp.argsort(jnp.where(valid, u, 2.0))
 
     if schedule.epochs == 0:
         pos = jnp.arange(s * b) % jnp.maximum(n, 1)
         return permutation(key)[pos].reshape(s, b).astype(jnp.int32), jnp.ones((s, b), bool)
     per_epoch = s // schedule.epochs
-    perms = jax.vmap(permutation)(jax.random.split(key, schedule.epochs))  # [E, N_max]
+    perms = jax.vmap(lambda e: permutation(jax.random.fold_in(key, e)))(jnp.arange(schedule.epochs))
     pad = per_epoch * b - max_n
     perms = jnp.pad(perms, ((0, 0), (0, pad)))
     pos = jnp.arange(per_epoch * b)
     mask = jnp.broadcast_to(pos < n, (schedule.epochs, per_epoch * b))
     return perms.reshape(s, b).astype(jnp.int32), mask.reshape(s, b)
+
+
+def step_key_schedule(key: jax.Array, schedule: Schedule) -> jax.Array:
+    """[S, 2] per-step keys; step j of epoch e gets ``fold_in(fold_in(key, e), j)`` (fixed-steps
+    mode: ``fold_in(key, t)``), so the keys of the non-empty steps do not depend on how many
+    masked steps padding adds (see `batch_indices`)."""
+    t = jnp.arange(schedule.num_steps)
+    if schedule.epochs == 0:
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(t)
+    per_epoch = schedule.num_steps // schedule.epochs
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i // per_epoch), i % per_epoch))(t)
 
 
 class LocalStats(NamedTuple):
@@ -106,7 +124,7 @@ def make_local_train(loss_fn: Callable, optimizer: optax.GradientTransformation,
     def train(params, opt_state, data, n, key, extras=None):
         extras = extras or {}
         idx, mask = batch_indices(key, n, max_n, schedule)
-        step_keys = jax.random.split(jax.random.fold_in(key, 1), schedule.num_steps)
+        step_keys = step_key_schedule(jax.random.fold_in(key, 1), schedule)
 
         def step(carry, inp):
             params, opt_state = carry

@@ -22,6 +22,18 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adagrad", "adabelief", "adama
               "lamb", "lion", "nadam", "novograd", "radam", "rmsprop", "yogi")
 
 
+def static_zero(value) -> bool:
+    """True for a concrete 0 (a switched-off term). A traced value, i.e. a hyper-parameter swept
+    as a vmapped axis (`fedjax_sim.trials`), counts as non-zero: the term stays in the program
+    and its value decides, so grid points that differ only in it share one compiled program."""
+    return isinstance(value, (int, float)) and value == 0
+
+
+def _number(value):
+    """Python floats for config values, arrays (swept values) kept as they are."""
+    return float(value) if isinstance(value, (int, float)) else value
+
+
 class OptimizerSpec(NamedTuple):
     """An optax transform plus the facts other code needs to reason about it.
 
@@ -43,8 +55,8 @@ class OptimizerSpec(NamedTuple):
     @property
     def plain_sgd(self) -> bool:
         """w <- w - lr * g exactly (what the factored client program and SCAFFOLD assume)."""
-        return (self.name == "sgd" and not self.hyperparams.get("momentum")
-                and self.clip_norm == 0 and self.weight_decay == 0)
+        return (self.name == "sgd" and static_zero(self.hyperparams.get("momentum", 0.0))
+                and static_zero(self.clip_norm) and static_zero(self.weight_decay))
 
 
 def parse_optimizer_args(text: str, field: str) -> dict:
@@ -83,9 +95,9 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
         raise ConfigError(f"{field}.optimizer", name, "one of " + ", ".join(OPTIMIZERS))
     extra = parse_optimizer_args(args, f"{field}.optimizer_args")
     factory = optax.sgd if name in ("sgd", "momentum") else getattr(optax, name)
-    hyper: dict[str, Any] = {"learning_rate": float(learning_rate)}
+    hyper: dict[str, Any] = {"learning_rate": _number(learning_rate)}
     if name == "momentum":
-        hyper["momentum"] = float(momentum)
+        hyper["momentum"] = _number(momentum)
     allowed = [p for p in inspect.signature(factory).parameters if p != "learning_rate"]
     for key, value in extra.items():
         if key not in allowed or key in hyper:
@@ -99,9 +111,9 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{field}.optimizer_args", args, f"values optax.{factory.__name__} accepts ({e})") from None
     parts = []
-    if clip_norm > 0:
+    if not static_zero(clip_norm):
         parts.append(optax.clip_by_global_norm(clip_norm))
-    if weight_decay > 0:
+    if not static_zero(weight_decay):
         parts.append(optax.add_decayed_weights(weight_decay))
     transform = optax.chain(*parts, inner)
     if params_example is not None:

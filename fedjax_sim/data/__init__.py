@@ -6,7 +6,7 @@ import numpy as np
 
 from fedjax_sim.data.build import (Assignment, build_federated, resolve_partition, resolve_seed,
                                    validate_data_config)
-from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients
+from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients, stack_trials
 from fedjax_sim.data.partition import PARTITIONS
 from fedjax_sim.data.sources import DATASETS
 
@@ -46,4 +46,5 @@ __all__ = [
     "resolve_seed",
     "validate_data_config",
     "stack_clients",
+    "stack_trials",
 ]

@@ -112,6 +112,10 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ConfigError("data.partition", partition,
                           f"auto or natural for data.dataset={cfg.dataset} "
                           "(its clients come from the generator)")
+    if getattr(cfg, "validation_fraction", 0.0) > 0 and getattr(cfg, "with_replacement", False):
+        raise ConfigError("data.validation_fraction", cfg.validation_fraction,
+                          "0 with data.with_replacement=true (a reused training example could be "
+                          "one client's validation row and another's training row)")
     if getattr(cfg, "with_replacement", False) and partition not in REPLACEMENT_PARTITIONS:
         raise ConfigError("data.with_replacement", cfg.with_replacement,
                           f"false for data.partition={partition} (only "
@@ -207,8 +211,10 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     """
     validate_data_config(cfg)
     partition = resolve_partition(cfg)
-    streams = np.random.SeedSequence(resolve_seed(cfg, run_seed)).spawn(4)
-    source_rng, holdout_rng, partition_rng, test_rng = (np.random.default_rng(s) for s in streams)
+    # spawn(k)'s first children do not depend on k: adding the validation stream kept the others
+    streams = np.random.SeedSequence(resolve_seed(cfg, run_seed)).spawn(5)
+    source_rng, holdout_rng, partition_rng, test_rng, validation_rng = (
+        np.random.default_rng(s) for s in streams)
 
     src = DATASETS[cfg.dataset](cfg, source_rng)
     pools = split_pools(src, cfg.global_test_fraction, holdout_rng)
@@ -230,11 +236,44 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     ydtype = np.float32 if real else np.int32
     y, y_test = pools.y.astype(ydtype), pools.y_test.astype(ydtype)
     x, x_test = pools.x.astype(np.float32), pools.x_test.astype(np.float32)
+    fraction = getattr(cfg, "validation_fraction", 0.0)
+    if fraction > 0:  # a tuning run: validation rows stand in for the test rows, never seen
+        train_idx, test_idx = carve_validation(pools.strata, train_idx, fraction, validation_rng)
+        x_test, y_test = x, y
     x_train, y_train, n_train = stack_clients([x[i] for i in train_idx], [y[i] for i in train_idx])
     x_ctest, y_ctest, n_test = stack_clients([x_test[i] for i in test_idx], [y_test[i] for i in test_idx])
+    if fraction > 0:  # the global validation set: every client's validation rows
+        pooled = np.concatenate(test_idx).astype(np.int64)
+        x_test, y_test = x[pooled], y[pooled]
     data = make_federated(x_train, y_train, n_train, x_ctest, y_ctest, n_test, x_test, y_test,
                           num_classes=int(src.num_classes), target_kind=src.target_kind,
                           name=cfg.dataset)
     if not return_assignment:
         return data
+    if fraction > 0:  # test rows index the train pool here (they are validation rows)
+        return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.ids)
     return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.test_ids)
+
+
+def carve_validation(strata: np.ndarray, train_idx: list, fraction: float,
+                     rng: np.random.Generator) -> tuple[list, list]:
+    """Splits every client's training rows into (train, validation), stratified by the client's
+    own strata (`stratified_split`: round(fraction · n_c) rows, at least one row stays in train).
+
+    The validation rows are a subset of the client's own training rows, so they are disjoint from
+    every test row (the test pool) and, since partitions without ``with_replacement`` give each
+    training example to one client, from every other client's training rows. Hyper-parameters
+    selected on them never saw the test split.
+
+    Args:
+      strata: [n] train-pool strata; train_idx: C arrays of train-pool indices.
+
+    Returns:
+      (train, validation): C arrays each, indices into the train pool.
+    """
+    train, validation = [], []
+    for rows in train_idx:
+        keep, held = stratified_split(strata[rows], fraction, rng, field="data.validation_fraction")
+        train.append(rows[np.sort(keep)])
+        validation.append(rows[np.sort(held)])
+    return train, validation

@@ -94,3 +94,52 @@ def stack_clients(xs: list[np.ndarray], ys: list[np.ndarray], min_rows: int = 1)
         x[c, : len(yc)] = xc
         y[c, : len(yc)] = yc
     return x, y, n
+
+
+def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    a = np.asarray(a)
+    width = [(0, 0)] * a.ndim
+    width[axis] = (0, size - a.shape[axis])
+    return np.pad(a, width)
+
+
+def stack_trials(datas: list[FederatedData]) -> FederatedData:
+    """Stacks the datasets of several seeds on a new leading trial axis [S].
+
+    Seeds partition differently, so their padded lengths differ: every dataset is padded to the
+    largest N_max, M_max and global size T of the set (padding rows are 0 and masked: `n_train`
+    / `n_test` count the valid rows, and ``global_test["mask"]`` [S, T] marks the valid global
+    rows). Training is padding-invariant (`core.local.batch_indices`), so a seed's numbers do not
+    depend on which other seeds it is stacked with.
+
+    Returns:
+      FederatedData whose leaves are [S, C, N_max, ...] (train), [S, C] (n_train), [S, C, M_max,
+      ...] (test), [S, C] (n_test), [S, T, ...] (global_test, with ``mask``). ValueError when the
+      datasets differ in anything but their padded lengths (clients, features, targets, classes).
+    """
+    first = datas[0]
+    signature = lambda d: (d.num_clients, d.feature_shape, d.target_shape, d.num_classes,
+                           d.target_kind, d.name, tuple(sorted(d.train)))
+    for d in datas[1:]:
+        if signature(d) != signature(first):
+            raise ValueError(f"seeds give datasets of different structure: {signature(d)} vs {signature(first)}")
+    n_max = max(d.max_train for d in datas)
+    m_max = max(jax.tree.leaves(d.test)[0].shape[1] for d in datas)
+    t_max = max(d.global_size for d in datas)
+
+    def padded(d: FederatedData):
+        t = d.global_size
+        glob = {k: _pad_axis(v, 0, t_max) for k, v in d.global_test.items() if k != "mask"}
+        glob["mask"] = np.arange(t_max) < t if "mask" not in d.global_test else _pad_axis(d.global_test["mask"], 0, t_max)
+        return (jax.tree.map(lambda a: _pad_axis(a, 1, n_max), d.train), np.asarray(d.n_train),
+                jax.tree.map(lambda a: _pad_axis(a, 1, m_max), d.test), np.asarray(d.n_test), glob)
+
+    parts = [padded(d) for d in datas]
+    train, n_train, test, n_test, glob = jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    return FederatedData(train, n_train, test, n_test, glob, num_classes=first.num_classes,
+                         target_kind=first.target_kind, name=first.name)
+
+
+def trial(data: FederatedData, s: int) -> FederatedData:
+    """Seed ``s`` of stacked data (`stack_trials`), still padded to the set's common lengths."""
+    return jax.tree.map(lambda a: a[s], data)

@@ -281,8 +281,10 @@ def dominant_class(labels, num_clients, rng, *, samples_per_client=0, dominant_f
     (400 -> 133/133/134 [C]; the code puts the whole IID remainder on the last class, we spread it
     [I]; identical when npc · s is a multiple of K, as in the paper's 500 · 0.2).
 
-    Each class is a block of its examples in pool order (no shuffle: deterministic, as in the code;
-    `rng` is unused). One cursor per class walks the block sequentially across clients.
+    Each class is a block of its examples, shuffled with `rng` [I] (the code walks the blocks in
+    dataset order, so its partition never changes with the seed; shuffling makes a seed vary
+    which examples each client holds, with the same class counts). One cursor per class walks
+    its block sequentially across clients.
 
     Reuse (the leak fix) [I]:
       * ``with_replacement=False`` (default): the cursor never wraps, so no example is given
@@ -348,6 +350,7 @@ def dominant_class(labels, num_clients, rng, *, samples_per_client=0, dominant_f
             raise ConfigError("data.samples_per_client", samples_per_client,
                               f"small enough that one client never needs more than the {sizes[k]} "
                               f"examples of class {class_ids[k]} in the pool (it needs {one_client[k]})")
+    by_class = [rng.permutation(block) for block in by_class]
     cursor = np.zeros(num_classes, dtype=np.int64)
 
     def take(k: int, count: int) -> np.ndarray:

@@ -1,0 +1,137 @@
+"""Hyper-parameter selection on a validation split: which grid point each algorithm keeps.
+
+A sweep trains every grid point on the clients' training rows minus a stratified validation
+share (``data.validation_fraction``), evaluates on those validation rows only, and selects the
+point with the best final-round validation metric, mean over seeds (a point where any seed
+diverged is not eligible). The test split is never evaluated, so a test result reported after
+a sweep is not selected on test. The selected config (validation share set back, seeds and run
+directory cleared) is written as ``<algorithm>/best_config.json``, ready for
+``fedjax-sim run --config ... --seeds N``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from fedjax_sim import report
+
+DEFAULT_VALIDATION_FRACTION = 0.2
+LOWER_IS_BETTER = ("loss", "mse", "mae")
+
+
+class SweepResult(NamedTuple):
+    """One algorithm's sweep: grid point names [P], their summaries [P], the selection
+    ``metric``, whether higher is better, the index of the selected point (None when every
+    point diverged) and its config for the final run."""
+
+    names: list
+    summaries: list
+    metric: str
+    higher: bool
+    best: int | None
+    best_config: dict | None
+
+
+def selectable_metrics(prep) -> list[str]:
+    """The final metrics a sweep of ``prep``'s algorithm can select on: ``personalized_<m>``
+    and ``pooled_<m>`` for every metric of the task, plus ``global_<m>`` when there is a global
+    model (traced with `jax.eval_shape`, nothing compiles)."""
+    import jax
+
+    from fedjax_sim.tasks import is_count
+
+    params = jax.eval_shape(prep.model.init, jax.random.PRNGKey(0))
+    rows = jax.tree.map(lambda a: a[:, 0], prep.data.test)
+    batch = {**rows, "mask": jax.ShapeDtypeStruct(rows["y"].shape[:1], bool)}
+    names = [k for k in jax.eval_shape(prep.task.metrics, params, batch) if not is_count(k)]
+    scopes = ["personalized", "pooled"] + (["global"] if prep.algorithm.global_params is not None else [])
+    return [f"{scope}_{name}" for scope in scopes for name in names]
+
+
+def check_select(metric: str | None, prep) -> None:
+    """ConfigError naming ``--select`` unless ``metric`` is one `selectable_metrics` gives."""
+    from fedjax_sim.errors import ConfigError
+
+    allowed = selectable_metrics(prep)
+    if metric is not None and metric not in allowed:
+        raise ConfigError("--select", metric, f"a final metric of {prep.config.algorithm}: one of {', '.join(allowed)}")
+
+
+def select(names: list, summaries: list, metric: str | None = None) -> SweepResult:
+    """Picks the grid point with the best mean final ``metric`` over seeds (ties: first); its
+    config for the final run has ``data.validation_fraction`` 0 (train on all training rows,
+    evaluate on the test split)."""
+    metric = metric or report.metric_name(summaries[0])
+    base = metric.split("_", 1)[1]
+    # the task says which way its headline goes; other metrics: losses and errors go down
+    higher = (report.higher_is_better(summaries[0]) if base == report.headline(summaries[0])
+              else base not in LOWER_IS_BETTER)
+    scores = []
+    for s in summaries:  # the metric was checked before the sweep ran (`check_select`)
+        scores.append(s["final"][metric] if s["status"] == "ok" else None)
+    valid = [i for i, v in enumerate(scores) if v is not None]
+    best = None
+    if valid:
+        best = (max if higher else min)(valid, key=lambda i: (scores[i], -i) if higher else (scores[i], i))
+    config = None
+    if best is not None:
+        config = {k: v for k, v in summaries[best]["config"].items() if k not in ("resolved", "out", "seeds")}
+        config["data"] = {**config["data"], "validation_fraction": 0.0}
+    return SweepResult(names, summaries, metric, higher, best, config)
+
+
+def _cell(summary: dict, metric: str, which: str) -> str:
+    if summary["status"] != "ok":
+        return "diverged"
+    values = list(report.seed_values(summary, metric, which).values())
+    scale = 100.0 if report._percent(metric) else 1.0
+    mean, std = float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+    digits = 2 if scale == 100.0 else 4
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def sweep_table(results: dict, grid: list, seeds: list, fraction: float) -> str:
+    """Markdown: per algorithm, one row per grid point with the validation metric (final round
+    and best over rounds, mean ± std over seeds); the selected point in bold."""
+    lines = []
+    for name, res in results.items():
+        unit = " (%)" if report._percent(res.metric) else ""
+        lines += [f"### {name}", "",
+                  f"validation {res.metric}{unit}, mean ± std over {len(seeds)} seed(s) "
+                  f"({', '.join(map(str, seeds))}); {'higher' if res.higher else 'lower'} is better; "
+                  f"validation = {fraction:g} of each client's training rows", "",
+                  "| grid point | final round | best over rounds | selected |", "|---|---|---|---|"]
+        for i, (point, s) in enumerate(zip(res.names, res.summaries)):
+            chosen = i == res.best
+            label = f"**{point}**" if chosen else point
+            lines.append(f"| {label} | {_cell(s, res.metric, 'final')} | "
+                         f"{_cell(s, res.metric, 'best') if s['status'] == 'ok' and _has_best(s, res.metric) else '-'} | "
+                         f"{'yes' if chosen else ''} |")
+        if res.best is None:
+            lines.append("\nno grid point finished on every seed: nothing selected")
+        lines.append("")
+    grid_text = "; ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v, _ in grid)
+    lines.append(f"grid: {grid_text}. Selection: the final-round validation metric, mean over seeds; "
+                 "a point where a seed diverged is not eligible. The test split was not evaluated.")
+    return "\n".join(lines)
+
+
+def _has_best(summary: dict, metric: str) -> bool:
+    return all(metric in e.get("best", {}) for e in summary.get("per_seed", []))
+
+
+def to_json(results: dict) -> dict:
+    """sweep.json: per algorithm the metric, every point's mean/std and the selection."""
+    out = {}
+    for name, res in results.items():
+        points = []
+        for point, s in zip(res.names, res.summaries):
+            entry = {"point": point, "out": s["config"]["out"], "status": s["status"]}
+            if s["status"] == "ok":
+                entry.update(mean=s["final"][res.metric], std=s["final_std"].get(res.metric, 0.0))
+            points.append(entry)
+        out[name] = {"metric": res.metric, "higher_is_better": res.higher, "points": points,
+                     "selected": None if res.best is None else res.names[res.best],
+                     "best_config": res.best_config}
+    return out

@@ -1,0 +1,531 @@
+"""Seeds and grid points as leading array axes: a set of runs as one compiled program.
+
+A *trial* is one (grid point, seed). Trials whose configs agree on everything static (all but
+the seed and the swept fields of `config.TRACEABLE`, whose values the program reads as arrays)
+form a `Group` and, in ``vmap`` mode, run as one program:
+
+* the data of every seed is built on the host, padded to the set's common lengths and stacked
+  [S, ...] (`data.stack_trials`); local training is padding-invariant, so seed s trains exactly
+  as it does alone;
+* swept hyper-parameters are arrays [G] that reach the algorithm's build as tracers
+  (`config.with_values` -> `runner.make_algorithm`: optax.inject_hyperparams, array-valued
+  algorithm hyper-parameters);
+* init, the scanned round blocks and evaluation are `vmap`ped over grid points (inner; the data
+  is shared, not copied) and seeds (outer), so state leaves are [S, G, ...].
+
+``sequential`` mode runs the same trials one at a time (one compile each): the reference that
+tests compare against, and the fallback when stacked data would not fit (`choose_mode`, the one
+place that decides). Each grid point gets its own run directory; its summary.json holds per-seed
+finals (``per_seed``), their mean (``final``) and sample std (``final_std``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_sim import config as config_lib
+from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
+from fedjax_sim.errors import ConfigError, DivergedError
+
+MODES = ("auto", "vmap", "sequential")
+# auto: stacked data above this many bytes runs sequentially (S copies of the data on device)
+VMAP_DATA_BUDGET = 2 << 30
+
+
+class Group(NamedTuple):
+    """Grid points that share one program: ``configs`` [G] (concrete, validated), their run
+    directories ``outs`` [G], the ``seeds`` [S] every point runs, and the ``swept`` fields that
+    differ across the points (traced in vmap mode)."""
+
+    configs: list
+    outs: list
+    seeds: list
+    swept: tuple
+
+
+class PreparedGroup(NamedTuple):
+    """A group after host-side preparation (nothing compiled): ``mode`` (``vmap`` or
+    ``sequential``) and why; ``preps`` [S][G] `runner.Prepared` (vmap mode: every seed's
+    config prepared on the stacked data's common padding); ``data``: the stacked data (vmap)
+    or None."""
+
+    group: Group
+    mode: str
+    reason: str
+    preps: list
+    data: Any
+
+
+def static_key(cfg: config_lib.Config) -> str:
+    """What must agree for trials to share a program: the config minus seed, seeds, out and the
+    traceable fields."""
+    flat = dict(config_lib._flatten(config_lib.to_dict(cfg)))
+    for name in ("seed", "seeds", "out", *config_lib.TRACEABLE):
+        flat.pop(name, None)
+    return json.dumps(flat, sort_keys=True)
+
+
+def swept_fields(configs: list) -> tuple:
+    """The traceable fields whose values differ across ``configs`` (the rest stay numbers)."""
+    return tuple(sorted(f for f in config_lib.TRACEABLE
+                        if len({repr(config_lib.get_field(c, f)) for c in configs}) > 1))
+
+
+def plan(configs: list, outs: list, seeds: list) -> list[Group]:
+    """Groups grid points (in order of first appearance) by `static_key`."""
+    keys: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        keys.setdefault(static_key(c), []).append(i)
+    return [Group([configs[i] for i in idx], [outs[i] for i in idx], list(seeds),
+                  swept_fields([configs[i] for i in idx])) for idx in keys.values()]
+
+
+def run_seeds(cfg: config_lib.Config) -> list[int]:
+    """The seeds a config runs: ``seeds`` when set, else ``[seed]``."""
+    return list(cfg.seeds) if cfg.seeds else [cfg.seed]
+
+
+def _data_bytes(datas) -> int:
+    return sum(int(np.asarray(a).nbytes) for d in datas for a in jax.tree.leaves(d))
+
+
+def choose_mode(requested: str, num_trials: int, datas) -> tuple[str, str]:
+    """The one place that decides how a group's trials run: (mode, reason).
+
+    ``vmap`` and ``sequential`` are honoured; ``auto`` is ``sequential`` for a single trial
+    (nothing to stack) or when the stacked data of every seed exceeds `VMAP_DATA_BUDGET`, and
+    ``vmap`` otherwise (one compile, every trial in each step's kernels).
+    """
+    if requested not in MODES:
+        raise ConfigError("trials", requested, "one of " + ", ".join(MODES))
+    if requested != "auto":
+        return requested, "requested"
+    if num_trials == 1:
+        return "sequential", "one trial"
+    size = _data_bytes(datas)
+    if size > VMAP_DATA_BUDGET:
+        return "sequential", f"stacked data {size / 2**30:.1f} GiB > {VMAP_DATA_BUDGET / 2**30:.0f} GiB"
+    return "vmap", f"{num_trials} trials share one program"
+
+
+def prepare_group(group: Group, datas: list | None = None, preps: list | None = None) -> PreparedGroup:
+    """Builds every seed's data and validates every trial's config (host side, nothing compiles).
+
+    ``datas`` [S] may be given (one `FederatedData` per seed) to skip building them; ``preps``
+    ([S][G] `runner.Prepared`) to skip preparing (a single run's own `Prepared`).
+    """
+    from fedjax_sim import runner
+    from fedjax_sim.data import build_federated, stack_trials, validate_data_config
+    from fedjax_sim.data.federated import trial
+
+    first = group.configs[0]
+    config_lib.validate(first)
+    if datas is None:
+        validate_data_config(first.data)
+        datas = [build_federated(first.data, s) for s in group.seeds]
+    mode, reason = choose_mode(first.trials, len(group.seeds) * len(group.configs), datas)
+
+    def seeded(cfg, s):
+        c = config_lib.copy_config(cfg)
+        c.seed = s
+        return c
+
+    if mode == "vmap":
+        stacked = stack_trials(datas)
+        preps = [[runner.prepare(seeded(c, s), trial(stacked, i)) for c in group.configs]
+                 for i, s in enumerate(group.seeds)]
+        return PreparedGroup(group, mode, reason, preps, stacked)
+    if preps is None:
+        preps = [[runner.prepare(seeded(c, s), d) for c in group.configs]
+                 for s, d in zip(group.seeds, datas)]
+    return PreparedGroup(group, mode, reason, preps, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# execution
+
+
+class _Axes(NamedTuple):
+    """Which leading axes the program maps: seeds (outer) and grid points (inner)."""
+
+    seeds: bool
+    grid: bool
+
+
+def _wrap(fn, kinds: tuple, axes: _Axes):
+    """vmaps ``fn`` over the grid axis (args of kind ``hp``/``trial``), then the seed axis
+    (``seed``/``trial``); ``shared`` args are not mapped."""
+    if axes.grid:
+        fn = jax.vmap(fn, in_axes=tuple(0 if k in ("hp", "trial") else None for k in kinds))
+    if axes.seeds:
+        fn = jax.vmap(fn, in_axes=tuple(0 if k in ("seed", "trial") else None for k in kinds))
+    return fn
+
+
+class _Program(NamedTuple):
+    init: Any
+    block: Any
+    evaluate: Any
+    report: Any
+    hp: dict
+
+
+def _program(prep, swept: tuple, configs: list, axes: _Axes, rounds: int) -> _Program:
+    """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
+    inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``."""
+    from fedjax_sim import runner
+
+    hp = {f: jnp.asarray([config_lib.get_field(c, f) for c in configs], jnp.float32) for f in swept}
+
+    def assemble(h):
+        if not h:
+            return prep.algorithm
+        return runner.make_algorithm(prep, config_lib.with_values(prep.config, h))
+
+    def init(h, key, data):
+        return assemble(h).init(key, data)
+
+    def block(h, state, data, inputs):
+        alg = assemble(h)
+        example = jax.tree.map(lambda a: a[0], inputs)
+        return make_block(alg.round, state, data, example)(state, data, inputs)
+
+    def evaluate(h, state, data, key):
+        alg = assemble(h)
+        return runner.make_evaluator(prep, alg)(state, data, key)
+
+    def report(h, state):
+        return assemble(h).report(state)
+
+    return _Program(
+        jax.jit(_wrap(init, ("hp", "seed", "seed"), axes)),
+        jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1),
+        jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes)),
+        None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes)),
+        hp)
+
+
+def _seed_keys(seed: int):
+    return jax.random.split(jax.random.PRNGKey(seed), 4)  # init, rounds, eval, events
+
+
+class _Trial:
+    """Host-side bookkeeping of one (seed, grid point)."""
+
+    def __init__(self, seed: int, point: int):
+        self.seed, self.point = seed, point
+        self.status, self.message, self.done = "ok", "", 0
+        self.history: list[dict] = []
+        self.per_client: list = []
+        self.report: dict = {}
+
+
+class UnitResult(NamedTuple):
+    trials: list  # [_Trial]
+    timing: dict
+
+
+def _lead(tree, axes: _Axes, s: int, g: int):
+    """Normalizes mapped outputs to leading [S, G] axes."""
+    def norm(a):
+        a = np.asarray(a)
+        if not axes.seeds:
+            a = a[None]
+        if not axes.grid:
+            a = a[:, None]
+        return a
+    return jax.tree.map(norm, tree)
+
+
+def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list, swept: tuple,
+             axes: _Axes, writers: list, progress: bool, multi_seed: bool = False) -> UnitResult:
+    """Runs the trials ``seeds`` x ``points`` as one program (``axes`` mapped) and streams each
+    trial's evaluations to ``writers[point]``; returns the per-trial records and the timing.
+    ``multi_seed``: the points run more seeds than this unit's (checkpoints are named per seed:
+    ``checkpoint_seed<s>.npz``; a single-seed run keeps ``checkpoint.npz``)."""
+    from fedjax_sim import runner
+
+    prep = preps_by_seed[0][points[0]]
+    cfg, alg = prep.config, prep.algorithm
+    S, G = len(seeds), len(points)
+    trials = [[_Trial(s, p) for p in points] for s in seeds]
+    g_key, p_key, per_client_key = runner.headline_keys(prep.task)
+    block_len = min(cfg.eval_every, cfg.rounds)
+    with count_compiles() as all_compiles:
+        data = jax.device_put(data)
+        keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
+        if not axes.seeds:
+            keys = keys[0]
+        k_init, k_rounds, k_eval, k_events = (keys[..., i, :] for i in range(4))
+        split_rounds = lambda k: jax.random.split(k, cfg.rounds)
+        round_keys = jax.vmap(split_rounds)(k_rounds) if axes.seeds else split_rounds(k_rounds)
+        events = None
+        if alg.events is not None:  # the schedule depends on the seed, not on swept values
+            make_events = lambda k: alg.events(k, cfg.rounds)
+            events = jax.vmap(make_events)(k_events) if axes.seeds else make_events(k_events)
+        program = _program(prep, swept, configs, axes, cfg.rounds)
+        state = program.init(program.hp, k_init, data)
+
+        def inputs_for(lo, count):
+            make = lambda k, e: round_inputs(k, lo, count, block_len, e)
+            return jax.vmap(make)(round_keys, events) if axes.seeds else make(round_keys, events)
+
+        def log_eval(rnd: int, logged):
+            fold = lambda k: jax.random.fold_in(k, rnd)
+            key = jax.vmap(fold)(k_eval) if axes.seeds else fold(k_eval)
+            m = _lead(program.evaluate(program.hp, state, data, key), axes, S, G)
+            for i in range(S):
+                for j in range(G):
+                    t = trials[i][j]
+                    if t.status != "ok":
+                        continue
+                    rec = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j])) for k, v in m.items()}
+                    t.per_client = rec.pop(per_client_key)
+                    rec = {"round": rnd, "seed": t.seed, **{k: v[i][j] for k, v in logged.items()}, **rec}
+                    t.history.append(rec)
+                    writers[t.point](rec)
+
+        log_eval(0, {})
+        bar = runner._progress(cfg.rounds, progress, cfg.algorithm + (f" x{S * G}" if S * G > 1 else ""))
+        train_s, samples, block_compiles = 0.0, 0.0, 0
+        for b in range(math.ceil(cfg.rounds / block_len)):
+            lo = b * block_len
+            count = min(block_len, cfg.rounds - lo)
+            inputs = inputs_for(lo, count)
+            jax.block_until_ready(inputs)
+            t0 = time.perf_counter()
+            with count_compiles() as compiles:
+                state, metrics = program.block(program.hp, state, data, inputs)
+                metrics = _lead(metrics, axes, S, G)  # leaves [S, G, L]
+            train_s += time.perf_counter() - t0 - compiles.seconds
+            block_compiles += compiles.compiles
+            if b > 0 and compiles.compiles:
+                print(f"fedjax-sim: warning: the round block recompiled in block {b + 1} (a state or "
+                      f"input changed shape or dtype); see timing.round_block_compiles", file=sys.stderr)
+            losses = metrics["train_loss"][..., :count]
+            live = np.array([[t.status == "ok" for t in row] for row in trials])
+            samples += float(np.sum(metrics["samples"][..., :count] * live[..., None]))
+            for i in range(S):
+                for j in range(G):
+                    t = trials[i][j]
+                    if t.status == "ok" and not np.all(np.isfinite(losses[i, j])):
+                        bad = lo + int(np.argmin(np.isfinite(losses[i, j]))) + 1
+                        t.status = "diverged"
+                        t.message = (f"seed {t.seed} diverged at round {bad}: the training loss is "
+                                     f"{losses[i, j, bad - lo - 1]}")
+                        writers[t.point]({"round": bad, "seed": t.seed, "train_loss": None, "status": "diverged"})
+            if not any(t.status == "ok" for row in trials for t in row):
+                break
+            for row in trials:
+                for t in row:
+                    if t.status == "ok":
+                        t.done = lo + count
+            logged = {}
+            for name, values in metrics.items():
+                values = values[..., :count]
+                if name != "samples" and values.ndim == 3:
+                    logged[name] = values[..., -1].tolist()
+                    logged[f"{name}_mean"] = values.mean(-1).tolist()
+            log_eval(lo + count, logged)
+            if bar is not None:
+                bar.update(count)
+                ok = [t.history[-1] for row in trials for t in row if t.status == "ok"]
+                if ok:
+                    shown = np.mean([h.get(g_key, h.get(p_key)) for h in ok])
+                    bar.set_postfix({prep.task.headline[:12]: f"{shown:.3f}"})
+        if bar is not None:
+            bar.close()
+        if program.report is not None:
+            rep = _lead(program.report(program.hp, state), axes, S, G)
+            for i in range(S):
+                for j in range(G):
+                    trials[i][j].report = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j]))
+                                           for k, v in rep.items()}
+        if cfg.checkpoint:
+            st = _lead(state, axes, S, G)
+            for i, s in enumerate(seeds):
+                for j in range(G):
+                    name = f"checkpoint_seed{s}.npz" if multi_seed else "checkpoint.npz"
+                    runner.save_checkpoint(jax.tree.map(lambda a: a[i, j], st), Path(configs[j].out) / name)
+    timing = {"compile_seconds": all_compiles.seconds, "train_seconds": train_s,
+              "samples_per_second": samples / train_s if train_s > 0 else 0.0,
+              "compiles": all_compiles.compiles, "round_block_compiles": block_compiles,
+              "trials_in_program": S * G}
+    return UnitResult([t for row in trials for t in row], timing)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def _best(history: list[dict], keys: tuple, higher: bool) -> dict:
+    out = {}
+    for k in keys:
+        values = [h[k] for h in history if k in h]
+        if values:
+            out[k] = float(max(values) if higher else min(values))
+    return out
+
+
+def _final(t: _Trial, prep) -> dict:
+    from fedjax_sim import runner
+
+    _, _, per_client_key = runner.headline_keys(prep.task)
+    rec = t.history[-1]
+    final = {k: v for k, v in rec.items() if k not in ("round", "seed")}
+    # a client without test rows has no score: null, not a 0 that reads as perfect MSE
+    has_test = np.asarray(prep.data.n_test) > 0
+    final[per_client_key] = [v if h else None for v, h in zip(t.per_client, has_test)]
+    final["loss"] = rec.get("global_loss", rec.get("personalized_loss"))
+    final.update(t.report)
+    return final
+
+
+def point_summary(prep, seeds_trials: list, timing: dict, resolved: dict, data_desc: dict) -> dict:
+    """summary.json of one grid point from its trials (one per seed)."""
+    from fedjax_sim import runner
+
+    cfg, task = prep.config, prep.task
+    heads = runner.headline_keys(task)[:2]
+    per_seed = []
+    for t in seeds_trials:
+        entry = {"seed": t.seed, "status": t.status, "rounds_completed": t.done,
+                 "final": _final(t, prep), "best": _best(t.history, heads, task.higher_is_better)}
+        if t.status != "ok":
+            entry["message"] = t.message
+        per_seed.append(entry)
+    ok = [e for e in per_seed if e["status"] == "ok"]
+    scalars = sorted({k for e in ok for k, v in e["final"].items() if isinstance(v, (int, float))})
+    if len(per_seed) == 1:
+        final = dict(per_seed[0]["final"])
+    else:
+        final = {k: float(np.mean([e["final"][k] for e in ok if k in e["final"]])) for k in scalars}
+    final_std = {k: (float(np.std([e["final"][k] for e in ok if k in e["final"]], ddof=1))
+                     if len(ok) > 1 else 0.0) for k in scalars}
+    return {
+        "algorithm": cfg.algorithm,
+        "dataset": cfg.data.dataset,
+        "task": {"name": task.name, "headline": task.headline, "higher_is_better": task.higher_is_better},
+        "evaluated_on": "validation" if cfg.data.validation_fraction > 0 else "test",
+        "config": resolved,
+        "rounds_completed": min(e["rounds_completed"] for e in per_seed),
+        "data": data_desc,
+        "seeds": [e["seed"] for e in per_seed],
+        "final": final,
+        "final_std": final_std,
+        "per_seed": per_seed,
+        "timing": timing,
+        "status": "ok" if len(ok) == len(per_seed) else "diverged",
+    }
+
+
+def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
+    """config.json of a grid point: the config as run, plus what was resolved from it."""
+    resolved = config_lib.to_dict(cfg)
+    resolved["resolved"] = {"local_steps": prep.schedule.num_steps,
+                            "batch_size": prep.schedule.batch_size,
+                            "cohort": cfg.cohort or prep.data.num_clients,
+                            "model": prep.model.name, "task": prep.task.name, **prep.algorithm.info,
+                            "backend": jax.default_backend(),
+                            "trials": {"mode": pg.mode, "reason": pg.reason, "seeds": list(pg.group.seeds),
+                                       "grid_points_in_program": len(pg.group.configs),
+                                       "swept": list(pg.group.swept)}}
+    return resolved
+
+
+def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
+    """Runs a prepared group and writes one run directory per grid point; returns their
+    summaries [G]. Raises nothing on divergence: each summary's ``status`` says."""
+    from fedjax_sim import runner
+    from fedjax_sim.data import describe
+
+    group = pg.group
+    outs = [Path(o) for o in group.outs]
+    for out in outs:
+        runner.check_out_dir(str(out))
+    resolved = []
+    for j, (cfg, out) in enumerate(zip(group.configs, outs)):
+        out.mkdir(parents=True, exist_ok=True)
+        c = config_lib.copy_config(cfg)
+        c.out = str(out)
+        group.configs[j] = c
+        r = resolved_config(pg.preps[0][j], pg, c)
+        resolved.append(r)
+        (out / "config.json").write_text(json.dumps(r, indent=2))
+
+    def writer(j):
+        path = outs[j] / "metrics.jsonl"
+
+        def write(rec):
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        return write
+
+    writers = [writer(j) for j in range(len(outs))]
+    points = list(range(len(group.configs)))
+    results: list[list] = [[] for _ in points]
+    timings: list[list] = [[] for _ in points]
+    if pg.mode == "vmap":
+        axes = _Axes(True, bool(group.swept))
+        unit = run_unit(pg.preps, pg.data, group.seeds, points, group.configs, group.swept, axes,
+                        writers, progress, multi_seed=len(group.seeds) > 1)
+        for t in unit.trials:
+            results[t.point].append(t)
+        timings = [[unit.timing] for _ in points]
+    else:
+        for i, s in enumerate(group.seeds):
+            for j in points:
+                prep = pg.preps[i][j]
+                unit = run_unit([[prep]], prep.data, [s], [j], [group.configs[j]], (), _Axes(False, False),
+                                writers, progress, multi_seed=len(group.seeds) > 1)
+                results[j] += unit.trials
+                timings[j].append(unit.timing)
+    summaries = []
+    for j in points:
+        timing = _sum_timing(timings[j])
+        data_desc = describe(pg.preps[0][j].data)
+        summary = point_summary(pg.preps[0][j], results[j], timing, resolved[j], data_desc)
+        (outs[j] / "summary.json").write_text(json.dumps(summary, indent=2))
+        runner.plot_history([h for t in results[j] for h in t.history], outs[j] / "accuracy.png",
+                            group.configs[j].algorithm, pg.preps[0][j].task.headline)
+        summaries.append(summary)
+    return summaries
+
+
+def _sum_timing(timings: list[dict]) -> dict:
+    """One timing record from the units that ran a point's trials (sequential: one per seed)."""
+    if len(timings) == 1:
+        return dict(timings[0])
+    out = {k: float(sum(t[k] for t in timings)) for k in ("compile_seconds", "train_seconds")}
+    out["compiles"] = int(sum(t["compiles"] for t in timings))
+    out["round_block_compiles"] = int(sum(t["round_block_compiles"] for t in timings))
+    samples = sum(t["samples_per_second"] * t["train_seconds"] for t in timings)
+    out["samples_per_second"] = samples / out["train_seconds"] if out["train_seconds"] > 0 else 0.0
+    out["trials_in_program"] = 1
+    return out
+
+
+def diverged_message(summaries: list[dict]) -> str | None:
+    """One line naming the diverged trials (None when every trial finished)."""
+    bad = [(s["config"]["out"], e) for s in summaries for e in s["per_seed"] if e["status"] != "ok"]
+    if not bad:
+        return None
+    out, first = bad[0]
+    lr = summaries[0]["config"]["local"]["lr"]
+    more = f" (and {len(bad) - 1} more trial(s))" if len(bad) > 1 else ""
+    return (f"training diverged: {first['message']}{more}; stopped those trials, results up to "
+            f"round {first['rounds_completed']} are in {out} (try a smaller local.lr, now {lr})")
+
+
+def raise_if_diverged(summaries: list[dict]) -> None:
+    message = diverged_message(summaries)
+    if message:
+        raise DivergedError(message)
