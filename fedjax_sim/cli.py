@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--validation-fraction", type=float, default=None,
                    help="share of each client's training rows held out for selection (default "
                         "data.validation_fraction, else 0.2)")
+    w.add_argument("--out", help="sweep directory (default runs/<time>-sweep-<algorithms>-<dataset>)")
     w.add_argument("--select", default=None, help="metric to select on (default personalized_<headline>, "
                                                   "else global_<headline>), final round, mean over seeds")
-    _common_run_args(w)
+    _common_run_args(w, out=False)
     sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
     b = sub.add_parser("bench", help="FedAvg throughput vs centralized training, one JSON line")
     b.add_argument("--model", default="mlp")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _common_run_args(r) -> None:
+def _common_run_args(r, out: bool = True) -> None:
     r.add_argument("--dataset", help="data source (default digits, embedded)")
     r.add_argument("--partition", help="partitioner (default auto: dirichlet_label, alpha 0.3)")
     r.add_argument("--clients", help="number of clients C (default 20)")
@@ -88,7 +89,8 @@ def _common_run_args(r) -> None:
     r.add_argument("--trials", help="how seeds and grid points run: auto (default), vmap, sequential")
     r.add_argument("--preset", help="a paper's setting, applied before --config, flags and --set "
                                     "(fedjax-sim list names them)")
-    r.add_argument("--out", help="run directory (default runs/<time>-<algorithm>-<dataset>)")
+    if out:
+        r.add_argument("--out", help="run directory (default runs/<time>-<algorithm>-<dataset>)")
     r.add_argument("--config", help="JSON config file (a config.json of an earlier run works)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, repeatable, e.g. --set local.lr=0.05 --set data.alpha=0.1")
@@ -103,9 +105,14 @@ def parse_seeds(text: str, first: int) -> tuple[int, ...]:
         values = [int(p) for p in parts]
     except ValueError:
         raise ConfigError("--seeds", text, allowed) from None
+    from fedjax_sim.config import MAX_SEEDS
+
     if len(values) == 1 and "," not in str(text):
-        if values[0] < 1:
-            raise ConfigError("--seeds", text, allowed)
+        if not 1 <= values[0] <= MAX_SEEDS:
+            raise ConfigError("--seeds", text, f"a count in [1, {MAX_SEEDS}] or a comma-separated list "
+                                               "of distinct seeds >= 0, e.g. 10 or 0,3,7")
+        if first + values[0] > 2 ** 31:
+            raise ConfigError("--seeds", text, f"a count that keeps the seeds below 2^31 (from --seed {first})")
         return tuple(range(first, first + values[0]))
     if min(values) < 0 or len(set(values)) != len(values):
         raise ConfigError("--seeds", text, allowed)
@@ -128,6 +135,10 @@ def config_from_args(a) -> "Config":
         if not isinstance(raw, dict):
             raise ConfigError("--config", a.config, "a JSON object of config fields, e.g. "
                                                     '{"rounds": 50, "local": {"lr": 0.05}}')
+        if "final" in raw and "config" in raw:
+            raise ConfigError("--config", a.config, "a config.json, not a run's summary.json (its "
+                                                    "\"config\" is the run's config; the run directory "
+                                                    "has it as config.json)")
         # an earlier run's directory is not this run's: without --out a new one is made
         raw = {k: v for k, v in raw.items() if k not in ("resolved", "out")}
         for key, value in config_lib._flatten(raw):
@@ -136,9 +147,24 @@ def config_from_args(a) -> "Config":
         value = getattr(a, flag, None)
         if value is not None and flag != "algorithm":
             config_lib.set_field(cfg, field, value)
+    set_keys = [item.split("=", 1)[0].strip() for item in a.set]
+    if "preset" in set_keys:
+        raise ConfigError("--set", next(i for i in a.set if i.split("=", 1)[0].strip() == "preset"),
+                          "--preset NAME to apply a preset (the preset field records the one applied)")
+    seeds_flag = getattr(a, "seeds", None)
+    if seeds_flag is not None and "seeds" in set_keys:
+        raise ConfigError("--seeds", seeds_flag, "either --seeds or --set seeds=..., not both")
     config_lib.apply_overrides(cfg, a.set)
-    if getattr(a, "seeds", None) is not None:
-        cfg.seeds = parse_seeds(a.seeds, cfg.seed)
+    if seeds_flag is not None:
+        cfg.seeds = parse_seeds(seeds_flag, cfg.seed)
+    elif getattr(a, "seed", None) is not None and "seeds" not in set_keys:
+        cfg.seeds = ()  # --seed K re-runs a stored config with that one seed, not its seed list
+    if getattr(a, "preset", None):
+        cfg.preset = a.preset  # recorded even when --config or --set overrode some of its values
+    elif cfg.preset:
+        from fedjax_sim.presets import PRESETS
+        if cfg.preset not in PRESETS:
+            raise ConfigError("preset", cfg.preset, "one of " + ", ".join(PRESETS) + " (or empty)")
     return cfg
 
 
@@ -199,9 +225,9 @@ def cmd_run(a) -> int:
     if a.baselines is not None:
         baselines = [x.strip() for x in a.baselines.split(",") if x.strip()]
         unknown = [b for b in baselines if b not in algorithms]
-        if not baselines or unknown:
+        if not baselines or unknown or len(set(baselines)) != len(baselines):
             raise ConfigError("--baselines", a.baselines,
-                              f"algorithms of this comparison separated by commas: {', '.join(algorithms)}")
+                              f"distinct algorithms of this comparison separated by commas: {', '.join(algorithms)}")
     named = config_lib.copy_config(cfg)
     named.algorithm = "-".join(algorithms)
     base_out = a.out or cfg.out or runner._default_out(named)
@@ -240,20 +266,32 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _grid_applies(algorithm: str, cfg, grid) -> None:
-    """A grid field the algorithm never reads would give identical points: refused."""
+def _reads(algorithm: str, key: str) -> bool:
+    """Whether ``algorithm`` reads grid field ``key`` (an algorithm section belongs to the
+    algorithms registered with it; everything else is read by every algorithm)."""
     from fedjax_sim import config as config_lib
     from fedjax_sim.algorithms import SECTION_OF
 
+    section = key.split(".", 1)[0]
+    return section not in config_lib.SECTIONS or SECTION_OF.get(algorithm) == section
+
+
+def grid_for(algorithms: list, cfg, grid) -> dict:
+    """algorithm -> the grid axes it reads. An axis no algorithm reads, or a momentum the
+    optimizer ignores, would give identical points: refused."""
+    from fedjax_sim.algorithms import SECTION_OF
+
     for key, _, item in grid:
-        section = key.split(".", 1)[0]
-        if section in config_lib.SECTIONS and SECTION_OF.get(algorithm) != section:
-            raise ConfigError("--grid", item, f"fields that {algorithm} reads ({section}.* belongs to "
-                                              f"{', '.join(sorted(a for a, s in SECTION_OF.items() if s == section))})")
+        if not any(_reads(a, key) for a in algorithms):
+            section = key.split(".", 1)[0]
+            owners = ", ".join(sorted(a for a, s in SECTION_OF.items() if s == section))
+            raise ConfigError("--grid", item, f"fields that {', '.join(algorithms)} read ({section}.* "
+                                              f"belongs to {owners})")
         for part in ("local", "server"):
             if key == f"{part}.momentum" and getattr(cfg, part).optimizer != "momentum":
                 raise ConfigError("--grid", item, f"{part}.momentum only with {part}.optimizer=momentum "
                                                   f"(it is {getattr(cfg, part).optimizer})")
+    return {a: [axis for axis in grid if _reads(a, axis.field)] for a in algorithms}
 
 
 def cmd_sweep(a) -> int:
@@ -278,11 +316,11 @@ def cmd_sweep(a) -> int:
         raise ConfigError("--out", base_out, "a new directory (it holds an earlier sweep)")
     seeds = trials.run_seeds(cfg)
     plans = {}
+    grids = grid_for(algorithms, cfg, grid)
     for name in algorithms:  # every point of every algorithm validated before anything compiles
         c = config_lib.copy_config(cfg)
         c.algorithm = name
-        _grid_applies(name, c, grid)
-        points = config_lib.grid_points(c, grid)
+        points = config_lib.grid_points(c, grids[name])
         outs = [os.path.join(base_out, name, p) for p, _ in points]
         for (_, pc), out in zip(points, outs):
             runner.check_out_dir(out)
@@ -307,6 +345,15 @@ def cmd_sweep(a) -> int:
             Path(base_out, name, "best_config.json").write_text(json.dumps(res.best_config, indent=2))
     print(text)
     print(f"\nsweep directory: {base_out}")
+    diverged = [f"{name}/{p}" for name, res in results.items()
+                for p, s in zip(res.names, res.summaries) if s["status"] != "ok"]
+    unselected = [name for name, res in results.items() if res.best is None]
+    if unselected:
+        raise DivergedError(f"every grid point of {', '.join(unselected)} diverged on some seed: "
+                            f"nothing selected (see {Path(base_out, 'sweep.md')}; try smaller learning rates)")
+    if diverged:
+        print(f"fedjax-sim: note: {len(diverged)} grid point(s) diverged on some seed and were not "
+              f"eligible: {', '.join(diverged)}", file=sys.stderr)
     return 0
 
 
@@ -357,6 +404,20 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def _preset_note(a, field: str) -> str:
+    """" (set by --preset NAME)" when the offending field got its value from the preset."""
+    name = getattr(a, "preset", None)
+    if not name:
+        return ""
+    from fedjax_sim import config as config_lib
+    from fedjax_sim.presets import PRESETS
+
+    preset = PRESETS.get(name)
+    fields = {config_lib.ALIASES.get(k, k) for k in (preset.values if preset else ())}
+    given = {item.split("=", 1)[0].strip() for item in getattr(a, "set", [])}
+    return f" (set by --preset {name})" if field in fields and field not in given else ""
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -366,7 +427,7 @@ def main(argv=None) -> int:
     try:
         return {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "bench": cmd_bench}[a.command](a)
     except ConfigError as e:
-        print(f"fedjax-sim: error: {e}", file=sys.stderr)
+        print(f"fedjax-sim: error: {e}{_preset_note(a, e.field)}", file=sys.stderr)
         return 2
     except DataUnavailableError as e:
         print(f"fedjax-sim: error: {e}", file=sys.stderr)

@@ -267,7 +267,7 @@ def _coerce(path: str, raw, typ):
     except (TypeError, ValueError):
         pass
     kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        typ, "comma-separated integers, e.g. 200,200")
+        typ, "comma-separated integers, e.g. 1,2,3")
     raise ConfigError(path, raw, kind)
 
 
@@ -358,6 +358,7 @@ def validate(cfg: Config) -> None:
               f"integers in [0, {2 ** 31 - 1}]")
     check(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", ",".join(map(str, cfg.seeds)), "distinct seeds")
     check(cfg.trials in ("auto", "vmap", "sequential"), "trials", cfg.trials, "one of auto, vmap, sequential")
+    check(len(cfg.seeds) <= MAX_SEEDS, "seeds", f"{len(cfg.seeds)} seeds", f"at most {MAX_SEEDS} seeds")
     check(-1 <= cfg.data.seed < 2 ** 31, "data.seed", cfg.data.seed,
           f"-1 (the run seed) or an integer in [0, {2 ** 31 - 1}]")
     check(cfg.cohort >= 0, "cohort", cfg.cohort, "an integer >= 0 (0 = all clients)")
@@ -406,8 +407,14 @@ def validate(cfg: Config) -> None:
             section.validate()
 
 
-# Fields a grid may not vary: seeds have --seeds, algorithms --algorithm; the rest name the run.
-NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials")
+MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment
+
+# Fields a grid may not vary: seeds have --seeds, algorithms --algorithm; data.* and task.*
+# define the problem (a sweep that selects among them picks the easiest problem, or the luckiest
+# partition); the rest name or observe the run without changing what is trained.
+NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials", "eval_every", "checkpoint",
+                 "client_mapping", "chunk_size")
+NOT_GRIDDABLE_SECTIONS = ("data", "task")
 
 
 class GridAxis(typing.NamedTuple):
@@ -434,9 +441,10 @@ def parse_grid(items: list[str]) -> list[GridAxis]:
         if key not in field_names():
             raise ConfigError("--grid", item, f"a config field before '=' (fedjax-sim list names them; "
                                               f"{key!r} is not one)")
-        if key in NOT_GRIDDABLE:
-            raise ConfigError("--grid", item, f"a hyper-parameter field ({key} is set by its own flag: "
-                                              "--seeds, --algorithm, --out, --preset, --trials)")
+        if key in NOT_GRIDDABLE or key.split(".", 1)[0] in NOT_GRIDDABLE_SECTIONS:
+            raise ConfigError("--grid", item, "a training hyper-parameter: local.*, server.*, model.*, "
+                                              "rounds, cohort or an algorithm's section (data.* and task.* "
+                                              "define the problem, seeds have --seeds; run those with --set)")
         typ = field_type(key)
         if typ not in (int, float, bool, str):
             raise ConfigError("--grid", item, f"a scalar field ({key} holds a list)")

@@ -17,6 +17,7 @@ from fedjax_sim.experiments import BOOTSTRAP_SEED, paired_bootstrap
 
 # Bootstrap draws for every interval in this module; named once so the caption states what ran.
 RESAMPLES = 10_000
+FEW_SEEDS = 5  # below this many paired seeds the table warns that the interval is too narrow
 SCOPES = ("personalized", "global")
 WHICH = ("final", "best")
 
@@ -68,7 +69,8 @@ def load_metrics(run_dir: Path) -> list[dict]:
 
 def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) -> None:
     """One curve per run of ``key`` against round (default: ``personalized_<headline>`` of the
-    first run)."""
+    first run). With several seeds: the mean over the seeds that finished, and a band from their
+    min to max (a diverged seed's records are left out)."""
     if key is None:
         key = "personalized_" + headline(json.loads((Path(run_dirs[0]) / "summary.json").read_text()))
     import matplotlib
@@ -76,12 +78,20 @@ def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    seeds_shown = 1
     for d in run_dirs:
-        hist = [h for h in load_metrics(d) if key in h]
-        name = json.loads((Path(d) / "summary.json").read_text())["algorithm"]
-        ax.plot([h["round"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=name)
+        summary = json.loads((Path(d) / "summary.json").read_text())
+        finished = {r["seed"] for r in _per_seed(summary)}
+        hist = [h for h in load_metrics(d) if key in h and ("seed" not in h or h["seed"] in finished)]
+        rounds = sorted({h["round"] for h in hist})
+        per_round = [[h[key] for h in hist if h["round"] == r] for r in rounds]
+        seeds_shown = max(seeds_shown, max((len(v) for v in per_round), default=1))
+        line, = ax.plot(rounds, [np.mean(v) for v in per_round], marker="o", ms=3, label=summary["algorithm"])
+        if seeds_shown > 1:
+            ax.fill_between(rounds, [min(v) for v in per_round], [max(v) for v in per_round],
+                            color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xlabel("round")
-    ax.set_ylabel(key.replace("_", " "))
+    ax.set_ylabel(key.replace("_", " ") + (" (mean over seeds, band: min-max)" if seeds_shown > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -115,10 +125,11 @@ def metric_name(summary: dict, scope: str | None = None) -> str:
 
 
 def _per_seed(summary: dict) -> list[dict]:
-    """[S] records ``{"seed": int, "final": dict, "best": dict (optional)}``; an old summary
-    without ``per_seed`` is one seed (its config's seed, default 0) with no "best"."""
+    """[S] records ``{"seed": int, "final": dict, "best": dict (optional)}`` of the seeds that
+    finished (a diverged seed's last scores are from before it diverged: they are not results);
+    an old summary without ``per_seed`` is one seed (its config's seed, default 0), no "best"."""
     if "per_seed" in summary:
-        return summary["per_seed"]
+        return [r for r in summary["per_seed"] if r.get("status", "ok") == "ok"]
     return [{"seed": int(summary.get("config", {}).get("seed", 0)), "final": summary["final"]}]
 
 
@@ -155,12 +166,14 @@ def _pick_metric(summaries: list[dict]) -> str:
     heads = sorted({headline(s) for s in summaries})
     if len(heads) != 1:
         raise ValueError(f"summaries judge different headline metrics {heads}; pass metric=")
-    names = {metric_name(s) for s in summaries}
+    # runs where every seed diverged have no final metrics: they do not decide the metric
+    live = [s for s in summaries if _per_seed(s)] or summaries
+    names = {metric_name(s) for s in live}
     if len(names) == 1:
         return names.pop()
     for scope in SCOPES:
         name = f"{scope}_{heads[0]}"
-        if all(name in s.get("final", {}) for s in summaries):
+        if all(name in s.get("final", {}) for s in live):
             return name
     raise ValueError(f"no {heads[0]} metric is present in every summary; pass metric=")
 
@@ -226,7 +239,11 @@ def comparison_table(summaries: list[dict], baselines: list[str], metric: str | 
                 pass
 
     def pm(values: dict[int, float]) -> str:
+        if not values:
+            return "no seed finished"
         m, sd = _mean_std(list(values.values()))
+        if len(values) == 1:  # a sample std of one value is undefined, not 0
+            return f"{scale * m:.{digits}f} (one seed)"
         return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
 
     header = ["algorithm", "seeds", f"{metric} (final)"]
@@ -235,7 +252,9 @@ def comparison_table(summaries: list[dict], baselines: list[str], metric: str | 
     header += [f"Δ vs {b}" for b in baselines]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in runs:
-        cells = [name, str(len(finals[name])), pm(finals[name])]
+        total = len(runs[name].get("per_seed", [None]))
+        n = str(len(finals[name])) + (f" of {total} (the rest diverged)" if len(finals[name]) < total else "")
+        cells = [name, n, pm(finals[name])]
         if bests:
             cells.append(pm(bests[name]) if name in bests else "—")
         cells += ["—" if b == name else _delta_cell(finals[name], finals[b], level, scale, digits)
@@ -247,7 +266,11 @@ def comparison_table(summaries: list[dict], baselines: list[str], metric: str | 
     seeds_line = (f"Seeds: {counts[0]} per run" if len(counts) == 1
                   else f"Seeds: {counts[0]}–{counts[-1]} per run (column *seeds*)")
     seeds_line += (f", ids {sorted(set().union(*finals.values()))}. Δ pairs runs by seed id and "
-                   "uses only the seeds both runs have; fewer than 2 shared seeds give n/a.")
+                   "uses only the seeds both runs finished; fewer than 2 shared seeds give n/a.")
+    if baselines and counts[0] < FEW_SEEDS:
+        seeds_line += (f" With fewer than {FEW_SEEDS} seeds a percentile bootstrap interval is too "
+                       "narrow (with 3 or fewer it spans little more than the per-seed differences "
+                       "themselves): read it as a range, not a 95% interval.")
     lines = [
         f"`{metric}` in {unit}, mean ± sample std (ddof=1) over seeds; {better} is better.",
         "",
@@ -296,6 +319,10 @@ def seed_points_plot(summaries: list[dict], path, metric: str | None = None,
     metric = metric or _pick_metric(summaries)
     scale = 100.0 if _percent(metric) else 1.0
     values = {name: seed_values(s, metric) for name, s in runs.items()}
+    values = {name: v for name, v in values.items() if v}  # every seed diverged: no column
+    runs = {name: runs[name] for name in values}
+    if not values:
+        return
     offset = _jitter(list(set().union(*values.values())))
 
     fig, ax = plt.subplots(figsize=(max(3.5, 1.3 * len(runs) + 1.5), 3.8))

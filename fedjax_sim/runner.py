@@ -142,7 +142,8 @@ def _default_out(cfg) -> str:
     return os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-{cfg.data.dataset.replace('/', '_')}")
 
 
-RESULT_FILES = ("metrics.jsonl", "summary.json", "results.md", "comparison.png")
+RESULT_FILES = ("metrics.jsonl", "summary.json", "results.md", "comparison.png", "sweep.md",
+                "sweep.json", "best_config.json")
 
 
 def check_out_dir(out: str) -> None:

@@ -178,7 +178,7 @@ class _Program(NamedTuple):
     hp: dict
 
 
-def _program(prep, swept: tuple, configs: list, axes: _Axes, rounds: int) -> _Program:
+def _program(prep, swept: tuple, configs: list, axes: _Axes) -> _Program:
     """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
     inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``."""
     from fedjax_sim import runner
@@ -233,7 +233,7 @@ class UnitResult(NamedTuple):
     timing: dict
 
 
-def _lead(tree, axes: _Axes, s: int, g: int):
+def _lead(tree, axes: _Axes):
     """Normalizes mapped outputs to leading [S, G] axes."""
     def norm(a):
         a = np.asarray(a)
@@ -253,7 +253,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
     ``checkpoint_seed<s>.npz``; a single-seed run keeps ``checkpoint.npz``)."""
     from fedjax_sim import runner
 
-    prep = preps_by_seed[0][points[0]]
+    prep = preps_by_seed[0][0]  # the program's template (its static structure is the group's)
     cfg, alg = prep.config, prep.algorithm
     S, G = len(seeds), len(points)
     trials = [[_Trial(s, p) for p in points] for s in seeds]
@@ -271,7 +271,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         if alg.events is not None:  # the schedule depends on the seed, not on swept values
             make_events = lambda k: alg.events(k, cfg.rounds)
             events = jax.vmap(make_events)(k_events) if axes.seeds else make_events(k_events)
-        program = _program(prep, swept, configs, axes, cfg.rounds)
+        program = _program(prep, swept, configs, axes)
         state = program.init(program.hp, k_init, data)
 
         def inputs_for(lo, count):
@@ -281,7 +281,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         def log_eval(rnd: int, logged):
             fold = lambda k: jax.random.fold_in(k, rnd)
             key = jax.vmap(fold)(k_eval) if axes.seeds else fold(k_eval)
-            m = _lead(program.evaluate(program.hp, state, data, key), axes, S, G)
+            m = _lead(program.evaluate(program.hp, state, data, key), axes)
             for i in range(S):
                 for j in range(G):
                     t = trials[i][j]
@@ -304,7 +304,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
             t0 = time.perf_counter()
             with count_compiles() as compiles:
                 state, metrics = program.block(program.hp, state, data, inputs)
-                metrics = _lead(metrics, axes, S, G)  # leaves [S, G, L]
+                metrics = _lead(metrics, axes)  # leaves [S, G, L]
             train_s += time.perf_counter() - t0 - compiles.seconds
             block_compiles += compiles.compiles
             if b > 0 and compiles.compiles:
@@ -344,13 +344,13 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         if bar is not None:
             bar.close()
         if program.report is not None:
-            rep = _lead(program.report(program.hp, state), axes, S, G)
+            rep = _lead(program.report(program.hp, state), axes)
             for i in range(S):
                 for j in range(G):
                     trials[i][j].report = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j]))
                                            for k, v in rep.items()}
         if cfg.checkpoint:
-            st = _lead(state, axes, S, G)
+            st = _lead(state, axes)
             for i, s in enumerate(seeds):
                 for j in range(G):
                     name = f"checkpoint_seed{s}.npz" if multi_seed else "checkpoint.npz"
@@ -408,8 +408,9 @@ def point_summary(prep, seeds_trials: list, timing: dict, resolved: dict, data_d
         final = dict(per_seed[0]["final"])
     else:
         final = {k: float(np.mean([e["final"][k] for e in ok if k in e["final"]])) for k in scalars}
+    # a sample std needs two seeds: null (undefined) for one, not a 0 that reads as "no spread"
     final_std = {k: (float(np.std([e["final"][k] for e in ok if k in e["final"]], ddof=1))
-                     if len(ok) > 1 else 0.0) for k in scalars}
+                     if len(ok) > 1 else None) for k in scalars}
     return {
         "algorithm": cfg.algorithm,
         "dataset": cfg.data.dataset,
@@ -453,7 +454,10 @@ def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
         runner.check_out_dir(str(out))
     resolved = []
     for j, (cfg, out) in enumerate(zip(group.configs, outs)):
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # e.g. /proc: passes the access check, refuses the directory
+            raise ConfigError("--out", str(out), f"a directory this user can create ({e.strerror})") from None
         c = config_lib.copy_config(cfg)
         c.out = str(out)
         group.configs[j] = c

@@ -181,6 +181,11 @@ BAD_RUNS = [
     (["--algorithm", "fedavg,local", "--baselines", "fedprox"], "--baselines", "fedprox"),
     (["--trials", "parallel"], "trials", "parallel"),
     (["--set", "data.validation_fraction=1"], "data.validation_fraction", "1"),
+    (["--seeds", "3000000000"], "--seeds", "3000000000"),
+    (["--seeds", "2", "--set", "seeds=3,4"], "--seeds", "2"),
+    (["--set", "preset=fedrema"], "--set", "preset=fedrema"),
+    (["--algorithm", "fedavg,local", "--baselines", "local,local"], "--baselines", "local,local"),
+    (["--out", "/proc/fedjax-sim-test"], "--out", "/proc/fedjax-sim-test"),
 ]
 
 BAD_SWEEPS = [
@@ -193,6 +198,9 @@ BAD_SWEEPS = [
     (["--grid", "model.hidden=8,16"], "--grid", "model.hidden=8,16"),
     (["--grid", "nosuch=1,2"], "--grid", "nosuch=1,2"),
     (["--grid", "seed=1,2"], "--grid", "seed=1,2"),
+    (["--grid", "data.dataset=digits,diabetes"], "--grid", "data.dataset=digits,diabetes"),
+    (["--grid", "data.seed=1,2"], "--grid", "data.seed=1,2"),
+    (["--grid", "eval_every=1,2"], "--grid", "eval_every=1,2"),
     (["--grid", "local.lr=0.1", "--grid", "local.lr=0.2"], "--grid", "local.lr=0.2"),
     (["--grid", "fedprox.mu=0,0.1"], "--grid", "fedprox.mu=0,0.1"),  # fedavg does not read it
     (["--grid", "local.momentum=0.5,0.9"], "--grid", "local.momentum=0.5,0.9"),  # sgd ignores it
@@ -212,6 +220,57 @@ def test_bad_sweep_input_exits_2_naming_field_and_value(args, field, value, tmp_
                    "--out", str(out)] + args)
     _assert_config_error(capsys, rc, field, value)
     assert not out.exists()
+
+
+def test_config_from_a_summary_json_is_refused(tmp_path, capsys):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"algorithm": "fedavg", "config": {}, "final": {}}))
+    rc = cli.main(["run", "--config", str(path), "--no-progress", "--out", str(tmp_path / "o")])
+    assert "summary.json" in _assert_config_error(capsys, rc, "--config", str(path))
+
+
+def test_a_preset_value_that_fails_names_the_preset(tmp_path, capsys):
+    rc = cli.main(["run", "--preset", "fedprox_synthetic_iid", "--clients", "5", "--no-progress",
+                   "--out", str(tmp_path / "o")])
+    assert "(set by --preset fedprox_synthetic_iid)" in _assert_config_error(capsys, rc, "cohort", "10")
+
+
+def test_divergence_in_a_comparison_keeps_every_result_and_exits_3(tmp_path, capsys):
+    """Seeds that diverge are reported, not averaged: the comparison still writes results.md
+    (from the seeds that finished) and exits 3."""
+    out = tmp_path / "div"
+    rc = cli.main(["run", "--algorithm", "fedavg,local", "--seeds", "2", "--set", "local.lr=1e30"]
+                  + TINY + ["--out", str(out)])
+    assert rc == 3
+    assert "diverged" in capsys.readouterr().err
+    summary = json.loads((out / "fedavg" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and all(e["status"] == "diverged" for e in summary["per_seed"])
+    assert "no seed finished" in (out / "results.md").read_text()
+
+
+def test_seed_flag_reruns_a_multi_seed_config_with_one_seed(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"seeds": [0, 3, 7], "rounds": 1}))
+    a = cli.build_parser().parse_args(["run", "--config", str(path), "--seed", "1"])
+    cfg = cli.config_from_args(a)
+    assert cfg.seeds == () and cfg.seed == 1
+    a = cli.build_parser().parse_args(["run", "--config", str(path)])
+    assert cli.config_from_args(a).seeds == (0, 3, 7)
+
+
+def test_sweep_grid_axes_apply_to_the_algorithms_that_read_them(tmp_path, capsys):
+    """fedprox.mu is swept for fedprox only; fedavg gets the lr axis alone. --trials sequential
+    runs the same points one by one."""
+    out = tmp_path / "s"
+    rc = cli.main(["sweep", "--algorithm", "fedavg,fedprox", "--grid", "local.lr=0.05,0.1",
+                   "--grid", "fedprox.mu=0,0.1", "--trials", "sequential"] + TINY + ["--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads((out / "sweep.json").read_text())
+    assert [p["point"] for p in result["fedavg"]["points"]] == ["local.lr=0.05", "local.lr=0.1"]
+    assert len(result["fedprox"]["points"]) == 4
+    summary = json.loads((Path(result["fedprox"]["points"][1]["out"]) / "summary.json").read_text())
+    assert summary["config"]["resolved"]["trials"]["mode"] == "sequential"
+    assert summary["config"]["fedprox"]["mu"] == 0.1
 
 
 def test_seeds_run_writes_per_seed_results(tmp_path, capsys):

@@ -131,7 +131,7 @@ def test_old_format_summaries_are_one_seed():
     table = comparison_table([old, old2], ["fedavg"])
     assert "(best)" not in table  # no run has best-over-rounds
     row = _row(table, "local")
-    assert row[1] == "1" and row[2] == "88.00 ± 0.00" and row[3] == "n/a (0 shared seeds)"
+    assert row[1] == "1" and row[2] == "88.00 (one seed)" and row[3] == "n/a (0 shared seeds)"
     # the old table still works on both formats; multi-seed cells are mean ± std
     assert "0.9100" in summary_table([old]) and "0.9300" in summary_table([old])
     new = make_summary("fedrema", A)

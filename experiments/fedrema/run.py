@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -46,34 +47,89 @@ def _cli(args: list[str]) -> None:
         raise SystemExit(f"fedjax-sim {' '.join(args)} exited with {code}")
 
 
-def tune(spec: dict, runs_dir: Path, progress: bool) -> None:
-    """One sweep over every method (skipped when its sweep.json exists)."""
-    out = runs_dir / "tune"
-    if (out / "sweep.json").exists():
-        print(f"skip tuning ({out / 'sweep.json'} exists)")
-        return
+def _sweep(spec: dict, methods: list, grid: dict, out: Path, progress: bool) -> None:
     t = spec["tune"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec["base"], f)
-    args = ["sweep", "--config", f.name, "--algorithm", ",".join(spec["methods"]),
+    args = ["sweep", "--config", f.name, "--algorithm", ",".join(methods),
             "--seeds", ",".join(map(str, t["seeds"])), "--validation-fraction", str(t["validation_fraction"]),
             "--out", str(out)]
-    for key, values in t["grid"].items():
+    for key, values in grid.items():
         args += ["--grid", f"{key}={','.join(map(str, values))}"]
     _cli(args + ([] if progress else ["--no-progress"]))
 
 
+def _sweep_dirs(runs_dir: Path) -> list[Path]:
+    """The grid sweep first, then its edge extensions in the order they ran."""
+    def order(p: Path):
+        m = re.fullmatch(r"tune_ext(\d+)([a-z]?)", p.name)
+        return (int(m.group(1)), m.group(2)) if m else (10 ** 9, p.name)
+
+    ext = sorted(runs_dir.glob("tune_ext*"), key=order)
+    return [d for d in [runs_dir / "tune", *ext] if (d / "sweep.json").exists()]
+
+
+def selection(spec: dict, runs_dir: Path) -> dict:
+    """method -> `sweep.SweepResult` over every tuning point it ran (grid and extensions), so the
+    selection rule is `fedjax_sim.sweep.select`'s over the union (ties: the earlier point)."""
+    from fedjax_sim import sweep
+
+    out = {}
+    for method in spec["methods"]:
+        names, summaries = [], []
+        for d in _sweep_dirs(runs_dir):
+            for point in _load(d / "sweep.json").get(method, {}).get("points", []):
+                names.append(point["point"])
+                summaries.append(_load(Path(point["out"]) / "summary.json"))
+        if summaries:
+            out[method] = sweep.select(names, summaries)
+    return out
+
+
+def tune(spec: dict, runs_dir: Path, progress: bool) -> None:
+    """The grid sweep over every method, then edge extensions: a method whose selected value is
+    the largest (smallest) it tried gets the next value up (down) by ``tune.extend.factor``, up to
+    ``tune.extend.max`` times, so no method is left tuned at the edge of its grid. Each sweep is
+    skipped when its sweep.json exists."""
+    t = spec["tune"]
+    if not (runs_dir / "tune" / "sweep.json").exists():
+        _sweep(spec, spec["methods"], t["grid"], runs_dir / "tune", progress)
+    (field, values), = t["grid"].items()  # edge extension is defined for a one-field grid
+    ext = t.get("extend", {"factor": 3.0, "max": 0})
+    for k in range(1, ext["max"] + 1):
+        todo: dict[float, list] = {}
+        for method, res in selection(spec, runs_dir).items():
+            if res.best is None:
+                continue
+            tried = [float(n.split("=", 1)[1]) for n in res.names]
+            chosen = tried[res.best]
+            if chosen == max(tried):
+                todo.setdefault(float(f"{chosen * ext['factor']:.3g}"), []).append(method)
+            elif chosen == min(tried):
+                todo.setdefault(float(f"{chosen / ext['factor']:.3g}"), []).append(method)
+        if not todo:
+            return
+        for i, (value, methods) in enumerate(sorted(todo.items())):
+            out = runs_dir / f"tune_ext{k}{'abcdefgh'[i]}" if len(todo) > 1 else runs_dir / f"tune_ext{k}"
+            if not (out / "sweep.json").exists():
+                _sweep(spec, methods, {field: [value]}, out, progress)
+
+
 def final(spec: dict, runs_dir: Path, progress: bool) -> None:
     """Each method's selected config on the final seeds (skipped when its summary exists)."""
+    chosen = selection(spec, runs_dir)
     for method in spec["methods"]:
         out = runs_dir / "final" / method
         if (out / "summary.json").exists():
             print(f"skip {out} (done)")
             continue
-        best = runs_dir / "tune" / method / "best_config.json"
-        if not best.exists():
-            raise SystemExit(f"{best} missing: tuning selected nothing for {method} (see tune/sweep.md)")
-        _cli(["run", "--config", str(best), "--seeds", ",".join(map(str, spec["seeds"])),
+        res = chosen.get(method)
+        if res is None or res.best is None:
+            raise SystemExit(f"tuning selected nothing for {method} (see {runs_dir}/tune*/sweep.md)")
+        config = runs_dir / "final" / f"{method}.config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(res.best_config, indent=2))
+        _cli(["run", "--config", str(config), "--seeds", ",".join(map(str, spec["seeds"])),
               "--out", str(out)] + ([] if progress else ["--no-progress"]))
 
 
@@ -102,11 +158,6 @@ def collect(spec: dict, runs_dir: Path) -> dict:
     return out
 
 
-def _selected(runs_dir: Path) -> dict:
-    path = runs_dir / "tune" / "sweep.json"
-    return _load(path) if path.exists() else {}
-
-
 def _ccp_cells(summary: dict, data_cfg: dict) -> tuple[str, str]:
     ends = [e["final"].get("ccp_end_round") for e in summary["per_seed"]]
     if any(v is None for v in ends):
@@ -121,8 +172,9 @@ def write_table(spec: dict, res: dict, runs_dir: Path, path: Path) -> str:
     from fedjax_sim.report import comparison_table
 
     base, seeds, t = spec["base"], spec["seeds"], spec["tune"]
-    sweep = _selected(runs_dir)
+    chosen = selection(spec, runs_dir)
     grid = "; ".join(f"`{k}` in {{{', '.join(map(str, v))}}}" for k, v in t["grid"].items())
+    ext = t.get("extend", {"max": 0})
     lines = [
         "# FedReMa and personalized baselines: personalized accuracy",
         "",
@@ -136,21 +188,26 @@ def write_table(spec: dict, res: dict, runs_dir: Path, path: Path) -> str:
         f"model {base['model']['name']} hidden {base['model']['hidden']}, head = last "
         f"{base['model']['head_layers']} dense layers.",
         "",
-        f"**Tuning** (same for every method, `tune/sweep.md`): {grid}, selected by the final-round "
-        f"personalized accuracy on a validation split ({t['validation_fraction']:g} of each client's "
-        f"training rows), mean over tuning seeds {t['seeds']}; the test split was not evaluated. "
+        f"**Tuning** (same rule for every method, `tune*/sweep.md`): {grid}, selected by the "
+        f"final-round personalized accuracy on a validation split ({t['validation_fraction']:g} of "
+        f"each client's training rows), mean over tuning seeds {t['seeds']}; the test split was not "
+        f"evaluated. A method whose choice was at an edge of the values it tried got the next value "
+        f"beyond it (x{ext.get('factor', 3):g}), up to {ext['max']} times, until the choice was interior. "
         f"**Final**: the selected setting, trained on all training rows, on seeds {seeds[0]}..{seeds[-1]} "
         f"({len(seeds)} seeds, disjoint from the tuning seeds); a seed fixes the partition, the "
         "initialization and every sampled key, so methods are paired by seed.",
         "",
-        "| method | selected lr | CCP end round, median [min, max] | peer weight on own group |",
-        "|---|---|---|---|",
+        "| method | lr values tried | selected lr | validation acc at it (%) | CCP end round, median [min, max] "
+        "| peer weight on own group |",
+        "|---|---|---|---|---|---|",
     ]
     for method, s in res.items():
         lr = s["config"]["local"]["lr"]
-        chosen = sweep.get(method, {}).get("selected", "?")
+        sel = chosen.get(method)
+        tried = ", ".join(n.split("=", 1)[1] for n in sel.names) if sel else "?"
+        val = f"{100 * sel.summaries[sel.best]['final'][sel.metric]:.2f}" if sel and sel.best is not None else "?"
         end, share = _ccp_cells(s, base["data"])
-        lines.append(f"| {method} | {lr:g} (`{chosen}`) | {end} | {share} |")
+        lines.append(f"| {method} | {tried} | {lr:g} | {val} | {end} | {share} |")
     c = base["data"]["num_clients"]
     lines += ["", "*peer weight on own group*: mean over clients and seeds of the share of the post-CCP "
               "history weight (dependency counts G without self) that falls on peers of the client's "

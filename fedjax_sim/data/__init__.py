@@ -30,7 +30,9 @@ def describe(data: FederatedData) -> dict:
         "test_per_client": _stats(n_test),
         "max_train": data.max_train,
         "padding_fraction": float(1.0 - n_train.sum() / max(n_train.size * data.max_train, 1)),
-        "global_test": data.global_size,
+        # stacked seeds pad the global set: count its valid rows
+        "global_test": (int(np.sum(data.global_test["mask"])) if "mask" in data.global_test
+                        else data.global_size),
     }
 
 

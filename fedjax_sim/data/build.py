@@ -115,7 +115,9 @@ def validate_data_config(cfg: DataConfig) -> None:
     if getattr(cfg, "validation_fraction", 0.0) > 0 and getattr(cfg, "with_replacement", False):
         raise ConfigError("data.validation_fraction", cfg.validation_fraction,
                           "0 with data.with_replacement=true (a reused training example could be "
-                          "one client's validation row and another's training row)")
+                          "one client's validation row and another's training row); for a sweep set "
+                          "data.with_replacement=false and data.samples_per_client=0 (the largest "
+                          "size without reuse)")
     if getattr(cfg, "with_replacement", False) and partition not in REPLACEMENT_PARTITIONS:
         raise ConfigError("data.with_replacement", cfg.with_replacement,
                           f"false for data.partition={partition} (only "
