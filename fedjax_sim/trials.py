@@ -33,6 +33,7 @@ import numpy as np
 
 from fedjax_sim import config as config_lib
 from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
+from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.errors import ConfigError, DivergedError
 
 MODES = ("auto", "vmap", "sequential")
@@ -140,6 +141,10 @@ def prepare_group(group: Group, datas: list | None = None, preps: list | None = 
 
     if mode == "vmap":
         stacked = stack_trials(datas)
+        chunk = trial_chunk(len(group.seeds) * len(group.configs))
+        for c in group.configs:  # the trial axis multiplies every client chunk: shrink the default
+            if c.chunk_size == 0 and chunk:
+                c.chunk_size = chunk
         preps = [[runner.prepare(seeded(c, s), trial(stacked, i)) for c in group.configs]
                  for i, s in enumerate(group.seeds)]
         return PreparedGroup(group, mode, reason, preps, stacked)

@@ -178,3 +178,10 @@ def test_validation_split_is_disjoint_from_test_and_other_clients():
         assert len(val) == min(round(0.25 * n), n - 1)
     assert data.global_size == sum(len(t) for t in rows.test)  # the pooled validation rows
     assert int(np.sum(data.n_train) + np.sum(data.n_test)) == int(np.sum(plain.n_train))
+
+
+def test_trial_chunk_shrinks_the_client_chunk_by_the_trials_it_is_vmapped_with():
+    from fedjax_sim.core.mapping import trial_chunk
+
+    assert trial_chunk(1, "cpu") == 10 and trial_chunk(3, "cpu") == 3
+    assert trial_chunk(16, "cpu") == 2 and trial_chunk(4, "gpu") == 0

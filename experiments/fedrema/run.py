@@ -182,8 +182,9 @@ def write_table(spec: dict, res: dict, runs_dir: Path, path: Path) -> str:
         "",
         f"Dataset `{base['data']['dataset']}`, partition `{base['data']['partition']}`, "
         f"{base['data']['num_clients']} clients (all participate every round), {base['rounds']} rounds, "
-        f"evaluation every {base['eval_every']} rounds. Local: {base['local']['optimizer']} momentum "
-        f"{base['local']['momentum']}, clip {base['local']['clip_norm']}, {base['local']['epochs']} epochs, "
+        f"evaluation every {base['eval_every']} rounds. Local: `{base['local']['optimizer']}` (SGD with "
+        f"momentum {base['local']['momentum']}), lr tuned (below), clip {base['local']['clip_norm']}, "
+        f"{base['local']['epochs']} epochs, "
         f"batch {base['local']['batch_size']}; FedRep {base['fedrep']['head_epochs']} head epochs first; "
         f"model {base['model']['name']} hidden {base['model']['hidden']}, head = last "
         f"{base['model']['head_layers']} dense layers.",
