@@ -251,7 +251,7 @@ def cmd_run(a) -> int:
         summaries += trials.run_group(pg, progress=not a.no_progress)
     from fedjax_sim.report import comparison_plot, comparison_table, seed_points_plot, summary_table
     table = summary_table(summaries)
-    if len(seeds) > 1 or len(summaries) > 1:
+    if len(seeds) > 1:  # with one seed there is no spread and nothing to pair
         table += "\n\n" + comparison_table(summaries, baselines if len(summaries) > 1 else [])
     print(table)
     if len(summaries) > 1:

@@ -160,6 +160,19 @@ def _mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def mean_std_cell(values: list, metric: str) -> str:
+    """"mean ± sample std" of per-seed values in the metric's display units (percent for
+    accuracies, 2 digits; raw, 4 digits); "(one seed)" instead of a std a single value does not
+    have; "no seed finished" for none."""
+    if not values:
+        return "no seed finished"
+    scale, digits = (100.0, 2) if _percent(metric) else (1.0, 4)
+    m, sd = _mean_std(values)
+    if len(values) == 1:  # a sample std of one value is undefined, not 0
+        return f"{scale * m:.{digits}f} (one seed)"
+    return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
+
+
 def _pick_metric(summaries: list[dict]) -> str:
     """`metric_name` shared by all summaries; if they disagree (one run has no personalized
     model), the scope every summary has, personalized first."""
@@ -239,12 +252,7 @@ def comparison_table(summaries: list[dict], baselines: list[str], metric: str | 
                 pass
 
     def pm(values: dict[int, float]) -> str:
-        if not values:
-            return "no seed finished"
-        m, sd = _mean_std(list(values.values()))
-        if len(values) == 1:  # a sample std of one value is undefined, not 0
-            return f"{scale * m:.{digits}f} (one seed)"
-        return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
+        return mean_std_cell(list(values.values()), metric)
 
     header = ["algorithm", "seeds", f"{metric} (final)"]
     if bests:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from fedjax_sim import report
 
 DEFAULT_VALIDATION_FRACTION = 0.2
@@ -84,11 +82,7 @@ def select(names: list, summaries: list, metric: str | None = None) -> SweepResu
 def _cell(summary: dict, metric: str, which: str) -> str:
     if summary["status"] != "ok":
         return "diverged"
-    values = list(report.seed_values(summary, metric, which).values())
-    scale = 100.0 if report._percent(metric) else 1.0
-    mean, std = float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
-    digits = 2 if scale == 100.0 else 4
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    return report.mean_std_cell(list(report.seed_values(summary, metric, which).values()), metric)
 
 
 def sweep_table(results: dict, grid: list, seeds: list, fraction: float) -> str:
