@@ -23,8 +23,6 @@ from fedjax_sim.core.optim import make_optimizer
 from fedjax_sim.errors import ConfigError
 from fedjax_sim.models import MODELS, Model, build_model
 
-SUMMARY_KEYS = ("algorithm", "dataset", "config", "rounds_completed", "final", "timing")
-
 
 class Prepared(NamedTuple):
     config: config_lib.Config
