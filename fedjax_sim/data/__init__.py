@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedjax_sim.data.build import (Assignment, build_federated, resolve_partition, resolve_seed,
-                                   validate_data_config)
+from fedjax_sim.data.build import (Assignment, all_partitions, build_federated, resolve_partition,
+                                   resolve_seed, validate_data_config)
 from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients, stack_trials
-from fedjax_sim.data.partition import PARTITIONS
+from fedjax_sim.data.partition import PARTITIONS, TRANSFORM_PARTITIONS
 from fedjax_sim.data.sources import DATASETS
 
 
@@ -16,9 +16,11 @@ def _stats(n: np.ndarray) -> dict:
 
 
 def describe(data: FederatedData) -> dict:
-    """Sizes for summaries: per-client train/test row stats, padding, global test size, and the
-    target kind/shape (``class`` with num_classes, or ``real`` with num_classes 0)."""
+    """Sizes for summaries: per-client train/test row stats, padding, global test size, the
+    target kind/shape (``class`` with num_classes, or ``real`` with num_classes 0), and the
+    number of clusters (distinct `FederatedData.cluster` ids; None without cluster structure)."""
     n_train, n_test = np.asarray(data.n_train), np.asarray(data.n_test)
+    num_clusters = None if data.cluster is None else int(len(np.unique(np.asarray(data.cluster))))
     return {
         "name": data.name,
         "num_clients": data.num_clients,
@@ -33,13 +35,16 @@ def describe(data: FederatedData) -> dict:
         # stacked seeds pad the global set: count its valid rows
         "global_test": (int(np.sum(data.global_test["mask"])) if "mask" in data.global_test
                         else data.global_size),
+        "num_clusters": num_clusters,
     }
 
 
 __all__ = [
     "DATASETS",
     "PARTITIONS",
+    "TRANSFORM_PARTITIONS",
     "Assignment",
+    "all_partitions",
     "FederatedData",
     "build_federated",
     "describe",

@@ -20,18 +20,25 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fedjax_sim.data.clusters import (CLUSTER_TRANSFORMS, FLORAL_VARIANTS, apply_cluster_transform,
+                                     cluster_of, transform_rows)
 from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients
-from fedjax_sim.data.partition import PARTITIONS, draw_client_tests, stratified_split
+from fedjax_sim.data.partition import (PARTITIONS, TRANSFORM_PARTITIONS, draw_client_tests,
+                                       stratified_split)
 from fedjax_sim.data.sources import DATASETS, Source, check_finite
 from fedjax_sim.errors import ConfigError
 
-NATURAL_SOURCES = ("synthetic",)  # sources whose clients come from the generator
+NATURAL_SOURCES = ("synthetic", "floral_synthetic")  # sources whose clients come from the generator
 # `auto` for the other sources: label-wise Dirichlet, except where noted. diabetes: iid, because
 # its train pool (~354 rows) is too small for dirichlet_label's default min_size over 20 clients,
 # and a regression sanity source is most useful with a centralized-equivalent split; label skew
 # over its target strata is one `data.partition=` away.
-AUTO_PARTITION = {"synthetic": "natural", "diabetes": "iid"}
+AUTO_PARTITION = {"synthetic": "natural", "floral_synthetic": "natural", "diabetes": "iid"}
 REPLACEMENT_PARTITIONS = ("dominant_class",)  # partitioners with a with-replacement mode
+# What is known about a source before loading it, for the `clusters` checks in
+# `validate_data_config` (the same checks run on the loaded arrays for every other source).
+VECTOR_SOURCES = ("diabetes", "synthetic", "floral_synthetic")  # inputs are not images [H, W, C]
+REGRESSION_SOURCES = ("diabetes", "floral_synthetic")  # real-valued targets, no class labels
 
 
 class Assignment(NamedTuple):
@@ -78,9 +85,15 @@ class Pools(NamedTuple):
     test_ids: np.ndarray
 
 
+def all_partitions() -> dict:
+    """Every partition name a run accepts: `PARTITIONS` plus the `TRANSFORM_PARTITIONS`
+    (``clusters``), whose clients see transformed rows."""
+    return {**PARTITIONS, **TRANSFORM_PARTITIONS}
+
+
 def resolve_partition(cfg: DataConfig) -> str:
-    """``auto`` -> ``natural`` for sources with their own clients (synthetic), ``iid`` for
-    ``diabetes`` (see AUTO_PARTITION), else ``dirichlet_label``."""
+    """``auto`` -> ``natural`` for sources with their own clients (synthetic, floral_synthetic),
+    ``iid`` for ``diabetes`` (see AUTO_PARTITION), else ``dirichlet_label``."""
     if cfg.partition != "auto":
         return cfg.partition
     return AUTO_PARTITION.get(cfg.dataset, "dirichlet_label")
@@ -96,14 +109,66 @@ def resolve_seed(cfg: DataConfig, run_seed: int) -> int:
     return int(seed)
 
 
+def _check_cluster_source(cfg: DataConfig, image: bool, classes: bool, inputs: str) -> None:
+    """ConfigError on ``data.cluster_transform`` when the source cannot take it: ``rotate`` needs
+    image inputs [H, W, C], ``label_shift`` class labels. `inputs` describes the source's inputs."""
+    transform = getattr(cfg, "cluster_transform", "rotate")
+    if (transform == "rotate" and image) or (transform == "label_shift" and classes):
+        return
+    if image or classes:
+        other = "rotate" if image else "label_shift"
+        allowed = (f"{other} for data.dataset={cfg.dataset} ("
+                   + (f"rotate needs image inputs [H, W, C]; its inputs are {inputs}" if transform == "rotate"
+                      else "label_shift needs class labels; its targets are real-valued") + ")")
+    else:
+        allowed = (f"an image classification source for data.partition=clusters (data.dataset="
+                   f"{cfg.dataset} has {inputs} inputs and real-valued targets: neither rotate nor "
+                   "label_shift applies)")
+    raise ConfigError("data.cluster_transform", transform, allowed)
+
+
+def _check_clusters(cfg: DataConfig) -> None:
+    """The `clusters` partition's knobs (before any data is loaded)."""
+    transform = getattr(cfg, "cluster_transform", "rotate")
+    num_clusters = getattr(cfg, "num_clusters", 4)
+    if transform not in CLUSTER_TRANSFORMS:
+        raise ConfigError("data.cluster_transform", transform, "one of " + ", ".join(CLUSTER_TRANSFORMS))
+    if num_clusters < 1:
+        raise ConfigError("data.num_clusters", num_clusters, "an integer >= 1")
+    if num_clusters > cfg.num_clients:
+        raise ConfigError("data.num_clusters", num_clusters,
+                          f"at most data.num_clients={cfg.num_clients} (num_clusters larger than "
+                          "the number of clients leaves a cluster without clients)")
+    if cfg.dataset in VECTOR_SOURCES or cfg.dataset in REGRESSION_SOURCES:
+        _check_cluster_source(cfg, cfg.dataset not in VECTOR_SOURCES,
+                              cfg.dataset not in REGRESSION_SOURCES, "vectors")
+
+
+def _check_floral_synthetic(cfg: DataConfig) -> None:
+    """``floral_synthetic``'s knobs: its variant, and K a multiple of C."""
+    variant = getattr(cfg, "floral_variant", "mlp")
+    num_clusters = getattr(cfg, "num_clusters", 4)
+    if variant not in FLORAL_VARIANTS:
+        raise ConfigError("data.floral_variant", variant, "one of " + ", ".join(FLORAL_VARIANTS))
+    if num_clusters < 1:
+        raise ConfigError("data.num_clusters", num_clusters, "an integer >= 1")
+    if cfg.num_clients < 1 or cfg.num_clients % num_clusters:
+        raise ConfigError("data.num_clients", cfg.num_clients,
+                          f"a positive multiple of data.num_clusters={num_clusters} (floral_synthetic "
+                          "needs the number of clients divisible by the number of clusters: every "
+                          "cluster gets num_clients / num_clusters clients)")
+
+
 def validate_data_config(cfg: DataConfig) -> None:
-    """Checks the dataset and partition names and that they go together (no data is loaded)."""
+    """Checks the dataset and partition names and that they go together, and the knobs of the
+    `clusters` partition and of ``floral_synthetic`` (no data is loaded)."""
     if cfg.dataset not in DATASETS:
         raise ConfigError("data.dataset", cfg.dataset, "one of " + ", ".join(DATASETS))
-    if cfg.partition != "auto" and cfg.partition not in PARTITIONS:
-        raise ConfigError("data.partition", cfg.partition, "auto or one of " + ", ".join(PARTITIONS))
+    names = all_partitions()
+    if cfg.partition != "auto" and cfg.partition not in names:
+        raise ConfigError("data.partition", cfg.partition, "auto or one of " + ", ".join(names))
     partition = resolve_partition(cfg)
-    pooled = [p for p in PARTITIONS if p != "natural"]
+    pooled = [p for p in names if p != "natural"]
     if partition == "natural" and cfg.dataset not in NATURAL_SOURCES:
         raise ConfigError("data.partition", partition,
                           f"one of auto, {', '.join(pooled)} for data.dataset={cfg.dataset} "
@@ -122,6 +187,10 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ConfigError("data.with_replacement", cfg.with_replacement,
                           f"false for data.partition={partition} (only "
                           f"{', '.join(REPLACEMENT_PARTITIONS)} has a with-replacement mode)")
+    if partition == "clusters":
+        _check_clusters(cfg)
+    if cfg.dataset == "floral_synthetic":
+        _check_floral_synthetic(cfg)
 
 
 def _knobs(fn, cfg: DataConfig, **extra) -> dict:
@@ -195,11 +264,25 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
        what it has is apportioned in proportion to demand. `synthetic` keeps FedProx's per-device
        90/10 split instead: its train rows are the train pool, its test rows the test pool, and
        both are partitioned `natural`.
+       ``floral_synthetic`` does the same with torch's per-client random_split(0.8, 0.2).
     4. Global test set = the whole test pool (so the client test sets are subsets of it).
-    5. Pad and stack (`stack_clients`, min_rows=1).
+    5. Partition ``clusters`` (FLoRAL, ``specs/floral.md`` §5): steps 2-4 as `iid`, then client
+       k is in cluster c = k mod ``data.num_clusters`` (M) and every row it sees (training rows,
+       its own test rows, its validation rows when ``data.validation_fraction > 0``) is
+       transformed by c (`clusters.apply_cluster_transform`): ``rotate`` turns the image by
+       (360 // M) · c degrees counter-clockwise, ``label_shift`` maps y -> (y + c) mod classes.
+       Client test rows are drawn on the original strata (step 3) and transformed afterwards.
+       Global test row t gets cluster t mod M [I] (the official code evaluates per client only;
+       interleaving gives every cluster a near-equal share of the global set, independent of the
+       seed), so a client's test rows are no longer rows of the global set. With a validation
+       split the global validation set is every client's transformed validation rows (each in its
+       client's cluster). `FederatedData.cluster` = arange(C) % M; ``floral_synthetic`` sets it
+       too (its generator's clusters); every other source and partition leaves it None.
+    6. Pad and stack (`stack_clients`, min_rows=1).
 
     Randomness: one `np.random.SeedSequence(seed)` spawns independent streams for the source,
-    the hold-out, the partition and the test draw.
+    the hold-out, the partition and the test draw (``floral_synthetic`` seeds its generator from
+    the data seed itself, as the official code: ``seed + 27`` and ``seed + 11``).
 
     Args:
       cfg: the data section of the run config (DataConfig-like; attributes are only read).
@@ -209,24 +292,30 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     Returns:
       FederatedData with numpy leaves: train {"x" [C, N_max, ...] float32, "y" [C, N_max] int32
       class ids or float32 targets}, n_train [C], test {"x", "y"} [C, M_max, ...], n_test [C],
-      global_test {"x", "y"} [T, ...]; or (FederatedData, Assignment) with `return_assignment`.
+      global_test {"x", "y"} [T, ...], cluster [C] int32 or None; or (FederatedData, Assignment)
+      with `return_assignment` (its indices name the source rows before any cluster transform).
     """
     validate_data_config(cfg)
     partition = resolve_partition(cfg)
     # spawn(k)'s first children do not depend on k: adding the validation stream kept the others
-    streams = np.random.SeedSequence(resolve_seed(cfg, run_seed)).spawn(5)
+    seed = resolve_seed(cfg, run_seed)
+    streams = np.random.SeedSequence(seed).spawn(5)
     source_rng, holdout_rng, partition_rng, test_rng, validation_rng = (
         np.random.default_rng(s) for s in streams)
 
-    src = DATASETS[cfg.dataset](cfg, source_rng)
+    loader = DATASETS[cfg.dataset]
+    src = loader(cfg, source_rng, **_knobs(loader, cfg, seed=seed))
     pools = split_pools(src, cfg.global_test_fraction, holdout_rng)
     real = src.target_kind == "real"
+    if partition == "clusters":
+        feature_shape = tuple(pools.x.shape[1:])
+        _check_cluster_source(cfg, len(feature_shape) == 3, not real, f"of shape {list(feature_shape)}")
     check_finite(pools.x, pools.x_test, *((pools.y, pools.y_test) if real else ()))
     if cfg.num_clients > len(pools.y):
         raise ConfigError("data.num_clients", cfg.num_clients,
                           f"at most {len(pools.y)} (the examples in the {cfg.dataset} train pool)")
 
-    fn = PARTITIONS[partition]
+    fn = all_partitions()[partition]
     train_idx = fn(pools.strata, cfg.num_clients, partition_rng,
                    **_knobs(fn, cfg, groups=pools.groups))
     if partition == "natural":
@@ -242,14 +331,29 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     if fraction > 0:  # a tuning run: validation rows stand in for the test rows, never seen
         train_idx, test_idx = carve_validation(pools.strata, train_idx, fraction, validation_rng)
         x_test, y_test = x, y
-    x_train, y_train, n_train = stack_clients([x[i] for i in train_idx], [y[i] for i in train_idx])
-    x_ctest, y_ctest, n_test = stack_clients([x_test[i] for i in test_idx], [y_test[i] for i in test_idx])
-    if fraction > 0:  # the global validation set: every client's validation rows
-        pooled = np.concatenate(test_idx).astype(np.int64)
-        x_test, y_test = x[pooled], y[pooled]
+    train_rows = [(x[i], y[i]) for i in train_idx]
+    test_rows = [(x_test[i], y_test[i]) for i in test_idx]
+    cluster = None
+    if partition == "clusters":  # each client's rows as its cluster sees them
+        num_clusters, transform = cfg.num_clusters, cfg.cluster_transform
+        cluster = cluster_of(cfg.num_clients, num_clusters)
+        view = lambda rows, c: apply_cluster_transform(*rows, int(c), transform, num_clusters,
+                                                       int(src.num_classes))
+        train_rows = [view(rows, c) for rows, c in zip(train_rows, cluster)]
+        test_rows = [view(rows, c) for rows, c in zip(test_rows, cluster)]
+        if fraction == 0:  # global test row t is in cluster t mod M
+            x_test, y_test = transform_rows(x_test, y_test, cluster_of(len(y_test), num_clusters),
+                                            transform, num_clusters, int(src.num_classes))
+    elif src.clusters is not None:
+        cluster = np.asarray(src.clusters, np.int32)
+    x_train, y_train, n_train = stack_clients([r[0] for r in train_rows], [r[1] for r in train_rows])
+    x_ctest, y_ctest, n_test = stack_clients([r[0] for r in test_rows], [r[1] for r in test_rows])
+    if fraction > 0:  # the global validation set: every client's validation rows, as it sees them
+        x_test = np.concatenate([r[0] for r in test_rows])
+        y_test = np.concatenate([r[1] for r in test_rows])
     data = make_federated(x_train, y_train, n_train, x_ctest, y_ctest, n_test, x_test, y_test,
                           num_classes=int(src.num_classes), target_kind=src.target_kind,
-                          name=cfg.dataset)
+                          name=cfg.dataset, cluster=cluster)
     if not return_assignment:
         return data
     if fraction > 0:  # test rows index the train pool here (they are validation rows)

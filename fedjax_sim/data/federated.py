@@ -31,6 +31,9 @@ class FederatedData:
       num_classes: static number of classes (0 for real-valued targets).
       target_kind: static ``class`` (y holds class ids) or ``real`` (y holds real values).
       name: static dataset name (for summaries).
+      cluster: [C] int32 true cluster id of each client (``[S, C]`` when stacked over seeds), or
+        None when the data has no cluster structure. Set by the `clusters` partition (client k
+        in cluster k mod M) and by ``floral_synthetic``; for oracle routers and diagnostics.
     """
 
     train: dict
@@ -41,6 +44,7 @@ class FederatedData:
     num_classes: int = flax.struct.field(pytree_node=False, default=10)
     target_kind: str = flax.struct.field(pytree_node=False, default="class")
     name: str = flax.struct.field(pytree_node=False, default="")
+    cluster: Any = None
 
     @property
     def num_clients(self) -> int:
@@ -65,11 +69,15 @@ class FederatedData:
 
 
 def make_federated(x_train, y_train, n_train, x_test, y_test, n_test, x_global, y_global, *,
-                   num_classes: int = 10, target_kind: str = "class", name: str = "") -> FederatedData:
-    """FederatedData from (x, y) arrays, the common single-target case."""
+                   num_classes: int = 10, target_kind: str = "class", name: str = "",
+                   cluster=None) -> FederatedData:
+    """FederatedData from (x, y) arrays, the common single-target case (``cluster``: [C] int
+    true cluster of each client, or None)."""
+    if isinstance(cluster, (list, tuple, np.ndarray)):
+        cluster = np.asarray(cluster, np.int32)
     return FederatedData({"x": x_train, "y": y_train}, n_train, {"x": x_test, "y": y_test}, n_test,
                          {"x": x_global, "y": y_global}, num_classes=num_classes,
-                         target_kind=target_kind, name=name)
+                         target_kind=target_kind, name=name, cluster=cluster)
 
 
 def stack_clients(xs: list[np.ndarray], ys: list[np.ndarray], min_rows: int = 1):
@@ -114,12 +122,13 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
 
     Returns:
       FederatedData whose leaves are [S, C, N_max, ...] (train), [S, C] (n_train), [S, C, M_max,
-      ...] (test), [S, C] (n_test), [S, T, ...] (global_test, with ``mask``). ValueError when the
-      datasets differ in anything but their padded lengths (clients, features, targets, classes).
+      ...] (test), [S, C] (n_test), [S, T, ...] (global_test, with ``mask``), [S, C] (cluster,
+      when the datasets have one). ValueError when the datasets differ in anything but their
+      padded lengths and cluster ids (clients, features, targets, classes, having clusters).
     """
     first = datas[0]
     signature = lambda d: (d.num_clients, d.feature_shape, d.target_shape, d.num_classes,
-                           d.target_kind, d.name, tuple(sorted(d.train)))
+                           d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None)
     for d in datas[1:]:
         if signature(d) != signature(first):
             raise ValueError(f"seeds give datasets of different structure: {signature(d)} vs {signature(first)}")
@@ -131,13 +140,15 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
         t = d.global_size
         glob = {k: _pad_axis(v, 0, t_max) for k, v in d.global_test.items() if k != "mask"}
         glob["mask"] = np.arange(t_max) < t if "mask" not in d.global_test else _pad_axis(d.global_test["mask"], 0, t_max)
+        cluster = None if d.cluster is None else np.asarray(d.cluster)
         return (jax.tree.map(lambda a: _pad_axis(a, 1, n_max), d.train), np.asarray(d.n_train),
-                jax.tree.map(lambda a: _pad_axis(a, 1, m_max), d.test), np.asarray(d.n_test), glob)
+                jax.tree.map(lambda a: _pad_axis(a, 1, m_max), d.test), np.asarray(d.n_test), glob,
+                cluster)
 
     parts = [padded(d) for d in datas]
-    train, n_train, test, n_test, glob = jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    train, n_train, test, n_test, glob, cluster = jax.tree.map(lambda *xs: np.stack(xs), *parts)
     return FederatedData(train, n_train, test, n_test, glob, num_classes=first.num_classes,
-                         target_kind=first.target_kind, name=first.name)
+                         target_kind=first.target_kind, name=first.name, cluster=cluster)
 
 
 def trial(data: FederatedData, s: int) -> FederatedData:

@@ -396,11 +396,13 @@ def quantity_skew(labels, num_clients, rng, *, quantity_sigma):
 def natural(labels, num_clients, rng, *, groups=None):
     """The source's own clients: client c holds the examples with groups == c.
 
-    Only for sources that generate per-client data (`synthetic`): `groups` [n] int ids in [0, C).
+    Only for sources that generate per-client data (`synthetic`, `floral_synthetic`): `groups`
+    [n] int ids in [0, C).
     """
     if groups is None:
         raise ConfigError("data.partition", "natural",
-                          "natural only for data.dataset=synthetic (a source with its own clients)")
+                          "natural only for data.dataset=synthetic or floral_synthetic (a source "
+                          "with its own clients)")
     groups = np.asarray(groups)
     if len(groups) != len(labels) or groups.min(initial=0) < 0 or groups.max(initial=-1) + 1 != num_clients:
         raise ConfigError("data.num_clients", num_clients,
@@ -416,6 +418,26 @@ PARTITIONS = {
     "dominant_class": dominant_class,
     "quantity_skew": quantity_skew,
     "natural": natural,
+}
+
+
+def clusters(labels, num_clients, rng):
+    """FLoRAL's cluster partition (``specs/floral.md`` §5) [C]: the rows are an `iid` partition;
+    client k belongs to cluster k mod ``data.num_clusters``, and the builder transforms its
+    rows by its cluster (``data.cluster_transform``: rotate or label_shift; see
+    `build.build_federated` and `clusters.apply_cluster_transform`).
+
+    Returns:
+      C int64 index arrays, as `iid`; every pool example is in exactly one.
+    """
+    return iid(labels, num_clients, rng)
+
+
+# Partitioners whose clients see *transformed* source rows (the builder applies the transform
+# after choosing the rows). Kept apart from PARTITIONS, whose clients hold the source's rows as
+# they are (the contract the generic partition tests check row by row); `build` accepts both.
+TRANSFORM_PARTITIONS = {
+    "clusters": clusters,
 }
 
 

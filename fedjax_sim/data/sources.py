@@ -1,7 +1,9 @@
 """Data sources: a train pool and (when the dataset has one) a test pool of examples, as numpy.
 
 A loader is ``loader(cfg, rng: np.random.Generator) -> Source``, where `cfg` is a DataConfig-like
-object (only its attributes are read; `data` does not import `fedjax_sim.config`). Nothing here
+object (only its attributes are read; `data` does not import `fedjax_sim.config`). A loader that
+also takes a keyword-only ``seed`` gets the resolved data seed (``floral_synthetic`` seeds its
+generator from it, as the official code does). Nothing here
 touches the network: embedded sources are bundled or generated, and TFDS sources read prepared
 ArrayRecord files through ``tfds.data_source(..., download=False)`` (no TensorFlow needed).
 
@@ -34,7 +36,7 @@ class Source(NamedTuple):
       num_classes: number of classes (from the dataset's metadata, not the labels seen); 0 for
         real-valued targets.
       client_ids: [n] int client of each train-pool row for sources with their own clients
-        (`synthetic`, partition `natural`), else None.
+        (`synthetic`, `floral_synthetic`; partition `natural`), else None.
       test_client_ids: [T] int client of each test-pool row for those sources, else None.
       strata: [n] int stratum of each train-pool row, used by the label-based partitioners and to
         match each client's test mix to its training mix; None = `y_pool` (class ids).
@@ -43,6 +45,8 @@ class Source(NamedTuple):
       target_kind: ``class`` or ``real``.
       standardize: the builder standardizes x (per feature) and y with the *train pool's* mean
         and std (after the hold-out), applying the same affine map to the test pool.
+      clusters: [C] int true cluster of each of the source's own clients (`floral_synthetic`),
+        else None; it becomes `FederatedData.cluster`.
     """
 
     x_pool: np.ndarray
@@ -56,6 +60,7 @@ class Source(NamedTuple):
     test_strata: Optional[np.ndarray] = None
     target_kind: str = "class"
     standardize: bool = False
+    clusters: Optional[np.ndarray] = None
 
 
 def load_digits(cfg: Any, rng: np.random.Generator) -> Source:
@@ -175,6 +180,44 @@ def load_synthetic(cfg: Any, rng: np.random.Generator) -> Source:
                   client_ids=client_ids[train], test_client_ids=client_ids[test_mask])
 
 
+def load_floral_synthetic(cfg: Any, rng: np.random.Generator, *, seed: int) -> Source:
+    """FLoRAL's synthetic regression benchmark (``specs/floral.md`` §6), partition `natural`.
+
+    `clusters.make_floral_synthetic` with K = ``data.num_clients`` clients, C =
+    ``data.num_clusters`` clusters (K a multiple of C; client k is in cluster k mod C) and
+    ``data.floral_variant`` (``linear``: Linear(10, 3) targets, n = 8 per client; ``mlp``:
+    10 -> 20 ReLU -> 1 targets, n = 120), from the data `seed` (parameters from
+    ``default_rng(seed + 27)``, inputs from ``default_rng(seed + 11)``). Same structure, draw
+    order, counts and splits as the official torch code; numpy's normal draws, not torch's, so
+    the values differ from theirs.
+
+    Each client's own split is torch's ``random_split(lengths=(0.8, 0.2))``
+    (`clusters.random_split_lengths`: 7/1 linear, 96/24 mlp), the rows chosen by one permutation
+    per client drawn (in client order) from `rng`, the builder's source stream derived from the
+    data seed. The train rows are the train pool and the test rows the test pool (`client_ids` /
+    `test_client_ids`), so `data.test_fraction` does not apply; the global test set is all
+    clients' test rows. y is float32 [n, d_o] (``real``); no standardization. Strata are all zero
+    (one stratum: the builder requires strata for a real-valued source, and with partition
+    `natural` they only matter to ``data.validation_fraction``'s split, which is then unstratified).
+    """
+    from fedjax_sim.data.clusters import make_floral_synthetic, random_split_lengths
+
+    k, c, variant = cfg.num_clients, cfg.num_clusters, cfg.floral_variant
+    x, y, clusters, _ = make_floral_synthetic(seed, k, c, variant)
+    n = x.shape[1]
+    n_train, _ = random_split_lengths(n, (0.8, 0.2))
+    perms = np.stack([rng.permutation(n) for _ in range(k)])  # [K, n]
+    train_rows, test_rows = perms[:, :n_train], perms[:, n_train:]
+    take = lambda a, rows: np.take_along_axis(a, rows[..., None], axis=1).reshape(-1, *a.shape[2:])
+    clients = np.arange(k, dtype=np.int32)[:, None]
+    ids_train = np.broadcast_to(clients, train_rows.shape).reshape(-1)
+    ids_test = np.broadcast_to(clients, test_rows.shape).reshape(-1)
+    return Source(take(x, train_rows), take(y, train_rows), take(x, test_rows), take(y, test_rows),
+                  0, client_ids=ids_train, test_client_ids=ids_test,
+                  strata=np.zeros(len(ids_train), np.int32), test_strata=np.zeros(len(ids_test), np.int32),
+                  target_kind="real", clusters=clusters)
+
+
 def _read_all(ds, chunk: int = 4096) -> list:
     """All records of a TFDS data source, in batches when the source supports it."""
     n = len(ds)
@@ -257,6 +300,7 @@ DATASETS: dict[str, Callable[[Any, np.random.Generator], Source]] = {
     "digits": load_digits,
     "diabetes": load_diabetes,
     "synthetic": load_synthetic,
+    "floral_synthetic": load_floral_synthetic,
     **{name: _tfds_loader(name) for name in TFDS_NAMES},
 }
 
