@@ -361,7 +361,7 @@ def cmd_list(_a) -> int:
     from fedjax_sim import config as config_lib
     from fedjax_sim.algorithms import DESCRIPTIONS, SECTION_OF
     from fedjax_sim.core.optim import OPTIMIZERS
-    from fedjax_sim.data import DATASETS, PARTITIONS
+    from fedjax_sim.data import DATASETS, all_partitions
     from fedjax_sim.tasks import TASKS
 
     print("algorithms (config section in brackets):")
@@ -369,7 +369,7 @@ def cmd_list(_a) -> int:
         section = f" [{SECTION_OF[name]}.*]" if name in SECTION_OF else ""
         print(f"  {name:20s} {DESCRIPTIONS[name]}{section}")
     print("datasets:\n  " + ", ".join(DATASETS))
-    print("partitions:\n  " + ", ".join(PARTITIONS))
+    print("partitions:\n  " + ", ".join(all_partitions()))
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "
           "*.optimizer_args=k=v,...):\n  " + ", ".join(OPTIMIZERS))

@@ -21,12 +21,16 @@ class DataConfig:
 
     dataset: registered source (``fedjax-sim list``), e.g. ``digits`` (embedded, default),
       ``diabetes`` (embedded regression: scikit-learn's 442 patients, x and y standardized with
-      train-pool statistics), ``synthetic`` (FedProx Synthetic(alpha, beta)), or a TFDS name
+      train-pool statistics), ``synthetic`` (FedProx Synthetic(alpha, beta)),
+      ``floral_synthetic`` (FLoRAL's clustered low-rank regression benchmark), or a TFDS name
       (``mnist``, ``cifar10``, ...).
-    partition: registered partitioner; ``auto`` = ``natural`` for ``synthetic`` (each device has
-      its own distribution), ``iid`` for ``diabetes`` (its ~354 train rows are too few for
-      ``dirichlet_label`` at the default min_size) and ``dirichlet_label`` otherwise.
-      Label-based partitioners work on strata: class ids, or quantile bins of a regression target.
+    partition: registered partitioner; ``auto`` = ``natural`` for ``synthetic`` and
+      ``floral_synthetic`` (each device has its own distribution), ``iid`` for ``diabetes`` (its
+      ~354 train rows are too few for ``dirichlet_label`` at the default min_size) and
+      ``dirichlet_label`` otherwise. Label-based partitioners work on strata: class ids, or
+      quantile bins of a regression target. ``clusters`` (FLoRAL): an ``iid`` partition whose
+      client k is in cluster k mod ``num_clusters`` and sees its rows (train, test, validation)
+      transformed by ``cluster_transform``.
 
     Leak-free split: every source is split into a train pool and a test pool before
     partitioning (the dataset's own test split, else a stratified ``global_test_fraction``
@@ -61,6 +65,16 @@ class DataConfig:
     synthetic_beta: float = 0.0
     synthetic_iid: bool = False
     synthetic_features: int = 60
+    # partition=clusters: how cluster c transforms its clients' rows. rotate: images by
+    # (360 // num_clusters) * c degrees counter-clockwise (image sources only); label_shift:
+    # y -> (y + c) mod num_classes (classification only). Other partitions ignore both fields.
+    cluster_transform: str = "rotate"
+    # partition=clusters: client k is in cluster k mod num_clusters (1 <= num_clusters <=
+    # num_clients); floral_synthetic: C, with num_clients a multiple of it.
+    num_clusters: int = 4
+    # floral_synthetic: linear (Linear(10,3) targets, 8 samples per client, 7 train / 1 test) or
+    # mlp (10-20-1 ReLU targets, 120 per client, 96 / 24)
+    floral_variant: str = "mlp"
     # > 0: a tuning run. This share of each client's training rows (stratified) becomes its
     # validation split, and the run is evaluated on it (per client, and pooled as the global set)
     # instead of the test split, which stays unseen. `fedjax-sim sweep` sets it.
@@ -74,7 +88,7 @@ class ModelConfig:
     """Model architecture. ``auto`` picks ``cnn`` for images and ``mlp`` for vectors."""
 
     name: str = "auto"
-    hidden: tuple[int, ...] = (200, 200)  # mlp hidden widths
+    hidden: tuple[int, ...] = (200, 200)  # mlp hidden widths; () = a linear model
     head_layers: int = 1  # dense layers in the personal head
 
 
@@ -384,8 +398,8 @@ def validate(cfg: Config) -> None:
     check(d.synthetic_beta >= 0, "data.synthetic_beta", d.synthetic_beta, "a number >= 0")
     check(d.synthetic_features >= 1, "data.synthetic_features", d.synthetic_features, "an integer >= 1")
     m = cfg.model
-    check(all(h >= 1 for h in m.hidden) and len(m.hidden) >= 1, "model.hidden", m.hidden,
-           "one or more widths >= 1, e.g. 200,200")
+    check(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden,
+          "widths >= 1, e.g. 200,200 (empty: a linear model, one dense layer)")
     check(m.head_layers >= 1, "model.head_layers", m.head_layers, "an integer >= 1")
     loc = cfg.local
     check(loc.lr > 0 and math.isfinite(loc.lr), "local.lr", loc.lr, "a finite number > 0")

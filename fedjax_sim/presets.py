@@ -231,7 +231,124 @@ _FEDPROX_SYNTHETIC = [
     _fedprox_synthetic("1_1", "(1,1)", 1.0, 1.0, False),
 ]
 
-PRESETS: dict[str, Preset] = {p.name: p for p in [FEDREMA, *_FEDPROX_SYNTHETIC]}
+
+# --------------------------------------------------------------------------------------------
+# FLoRAL (zeligism/FLoRAL conf/task/*.yaml and conf/method/floral.yaml; specs/floral.md §2-§6)
+
+_FLORAL_SPEC = "specs/floral.md"
+_FLORAL_SOURCE = ("official code zeligism/FLoRAL (last commit 2024-10-03) Hydra configs, as "
+                  "transcribed in ../shared/specs/floral.md §2 (parametrization), §3 (protocol), "
+                  "§5 (setup table), §6 (synthetic generator); tags per value in `provenance`")
+
+
+def _floral_common(adaptors: int, router_lr: float) -> list:
+    """The FLoRAL(1%) method settings shared by every task [code]."""
+    return [
+        ("floral.num_adaptors", adaptors, f"[C] C = the task's true number of clusters ({_FLORAL_SPEC} §2)"),
+        ("floral.rho", 0.01, f"[C] FLoRAL(1%): rank budget rho 0.01 ({_FLORAL_SPEC} §2); FLoRAL(10%) is 0.1"),
+        ("floral.rank", 0, f"[C] rank from the rho rule ({_FLORAL_SPEC} §2)"),
+        ("floral.router_lr", router_lr, f"[C] task router lr ({_FLORAL_SPEC} §5)"),
+        ("floral.router_noise", 1.0, f"[C] router_noise_std 1.0, uniform ({_FLORAL_SPEC} §2)"),
+        ("floral.min_prob", 0.01, f"[C] forward clamp max(pi, 0.01) ({_FLORAL_SPEC} §2, §8.3)"),
+        ("floral.adaptor_bias", "torch_default", f"[C] adaptor biases keep PyTorch's init ({_FLORAL_SPEC} §8.2)"),
+        ("floral.precondition", True, f"[C] PrecondLoRATrainer, eps 1e-5 ({_FLORAL_SPEC} §3, §8.1)"),
+        ("local.optimizer", "sgd", f"[C] SGD, no momentum, wd 0 ({_FLORAL_SPEC} §3)"),
+        ("local.epochs", 1, f"[C] local_epochs 1 ({_FLORAL_SPEC} §3, §8.16)"),
+        ("local.steps", 0, f"[C] epoch-based ({_FLORAL_SPEC} §3)"),
+        ("server.optimizer", "sgd", f"[C] server SGD(lr=1) = plain replacement ({_FLORAL_SPEC} §3 step 5)"),
+        ("server.lr", 1.0, f"[C] as server.optimizer ({_FLORAL_SPEC} §3)"),
+        ("server.weighting", "samples", f"[C] p_k = n_k / sum n_j over participants ({_FLORAL_SPEC} §3)"),
+    ]
+
+
+_FLORAL_NOTES = (
+    "algorithm is not set: this is the setting under which floral, floral_oracle, "
+    "floral_stateless, local_adaptor, ensemble, ensemble_oracle and fedavg are compared. "
+    "FLoRAL(10%) is --set floral.rho=0.1.",
+    "Evaluation: the code evaluates a fraction_evaluate subset of clients per round and reports "
+    "the last round's test-size-weighted mean; the simulator evaluates every client and reports "
+    "both the mean over clients (personalized_*) and the pooled value (pooled_*).",
+    "The code's training loaders are not shuffled (spec §8.9); the simulator reshuffles every epoch.",
+    "The ConvLoRA rank / fan-in bug (spec §8.7) is fixed by default; --set "
+    "floral.conv_rank_rule=official_bug reproduces it.",
+    "JAX's RNG streams cannot reproduce PyTorch's; initial values and batches differ.",
+)
+
+
+def _floral_image(name: str, description: str, dataset: str | None, clients: int, cohort: int,
+                  batch: int, lr: float, test_fraction: float, model: list, notes: tuple) -> Preset:
+    entries = [
+        ("rounds", 500, f"[C] 500 rounds ({_FLORAL_SPEC} §5)"),
+        ("cohort", cohort, f"[C] clients per round ({_FLORAL_SPEC} §5)"),
+        ("data.partition", "clusters", f"[C] IID split, cluster = client id mod C ({_FLORAL_SPEC} §5)"),
+        ("data.num_clients", clients, f"[C] K clients ({_FLORAL_SPEC} §5)"),
+        ("data.num_clusters", 4, f"[C] 4 clusters ({_FLORAL_SPEC} §5)"),
+        ("data.test_fraction", test_fraction, f"[C] per-client test share of the standard splits ({_FLORAL_SPEC} §5)"),
+        ("local.batch_size", batch, f"[C] batch ({_FLORAL_SPEC} §5)"),
+        ("local.lr", lr, f"[C] client lr; lora_lr = lr ({_FLORAL_SPEC} §3, §5)"),
+        *model,
+        *_floral_common(4, 0.1),
+    ]
+    if dataset is not None:
+        entries.insert(2, ("data.dataset", dataset, f"[C] {dataset} ({_FLORAL_SPEC} §5)"))
+    return _preset(name, description, _FLORAL_SOURCE, entries, notes + _FLORAL_NOTES)
+
+
+FLORAL_PAPER = _floral_image(
+    "floral-paper",
+    "FLoRAL's MNIST setting (not the algorithm): 300 clients in 4 clusters, 30 per round, MLP "
+    "784-200-10, SGD lr 0.1, 1 epoch of batch 32, 500 rounds",
+    None, 300, 30, 32, 0.1, 1 / 7,
+    [("model.name", "mlp", f"[C] MLP 784-200-10 ({_FLORAL_SPEC} §5)"),
+     ("model.hidden", (200,), f"[C] one hidden layer of 200 ({_FLORAL_SPEC} §5)")],
+    ("data.dataset is not set: the paper's is TFDS mnist (--set data.dataset=mnist, 200 train / "
+     "~33 test images per client with test_fraction 1/7); on the embedded digits the same setting "
+     "runs with far fewer images per client. data.cluster_transform is not set: rotate (MN-Rot) "
+     "or label_shift (MN-LS).",))
+
+FLORAL_PAPER_CIFAR10 = _floral_image(
+    "floral-paper-cifar10",
+    "FLoRAL's CIFAR-10 setting (not the algorithm): 20 clients in 4 clusters, all per round, "
+    "SGD lr 0.03, 1 epoch of batch 64, 500 rounds",
+    "cifar10", 20, 0, 64, 0.03, 1 / 6,
+    [("model.name", "cifar_cnn", f"[I] closest built-in CNN ({_FLORAL_SPEC} §5 has "
+                                 "conv5-pool2-conv3-pool3-fc64)")],
+    ("Model: the code's CNN (conv5 3->32, pool 2, conv3 32->64, pool 3, fc 1024->64, fc 10) is not "
+     "built in; cifar_cnn (conv32-conv64-fc128, 3x3 SAME) stands in. The code's crop/flip "
+     "augmentation and per-channel normalization are not modelled.",
+     "data.cluster_transform is not set: rotate (C10-Rot) or label_shift (C10-LS)."))
+
+
+def _floral_synthetic(variant: str, clients: int, clusters: int, batch: int, lr: float,
+                      hidden: tuple) -> Preset:
+    entries = [
+        ("rounds", 2000, f"[C] 2000 rounds ({_FLORAL_SPEC} §5)"),
+        ("cohort", 0, f"[C] all clients every round ({_FLORAL_SPEC} §5)"),
+        ("data.dataset", "floral_synthetic", f"[C] SyntheticDataset ({_FLORAL_SPEC} §6)"),
+        ("data.partition", "natural", f"[C] one generated client per client ({_FLORAL_SPEC} §6)"),
+        ("data.floral_variant", variant, f"[C] synthetic_{variant} ({_FLORAL_SPEC} §5, §6)"),
+        ("data.num_clients", clients, f"[C] K = {clients} ({_FLORAL_SPEC} §5)"),
+        ("data.num_clusters", clusters, f"[C] C = {clusters}, client k in cluster k mod C ({_FLORAL_SPEC} §6)"),
+        ("local.batch_size", batch, f"[C] batch {batch} ({_FLORAL_SPEC} §5)"),
+        ("local.lr", lr, f"[C] client lr {lr} ({_FLORAL_SPEC} §5)"),
+        ("model.name", "mlp", f"[C] {'Linear(10,3)' if not hidden else '10-20 ReLU-1'} ({_FLORAL_SPEC} §5)"),
+        ("model.hidden", hidden, f"[C] {'no hidden layer' if not hidden else 'hidden 20'} ({_FLORAL_SPEC} §5)"),
+        ("task.name", "regression_mse", f"[C] MSE loss and metric ({_FLORAL_SPEC} §6)"),
+        *_floral_common(clusters, 0.1),
+    ]
+    return _preset(
+        f"floral-synthetic-{variant}",
+        f"FLoRAL's synthetic {variant} regression (not the algorithm): {clients} clients in "
+        f"{clusters} clusters, SGD lr {lr}, batch {batch}, 2000 rounds",
+        _FLORAL_SOURCE, entries,
+        ("The generator's normal draws are numpy's, not torch's: same structure, draw order, "
+         "sample counts and splits, different values (spec §6).",) + _FLORAL_NOTES)
+
+
+_FLORAL = [FLORAL_PAPER, FLORAL_PAPER_CIFAR10, _floral_synthetic("linear", 10, 2, 4, 0.1, ()),
+           _floral_synthetic("mlp", 20, 4, 8, 0.03, (20,))]
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [FEDREMA, *_FEDPROX_SYNTHETIC, *_FLORAL]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,7 +84,12 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs, loc.steps)
     mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
     prep = Prepared(cfg, data, model, task, schedule, mapping, None)
-    return prep._replace(algorithm=make_algorithm(prep, cfg, check=True))
+    alg = make_algorithm(prep, cfg, check=True)
+    if alg.info.get("needs_clusters") and getattr(data, "cluster", None) is None:
+        raise ConfigError("algorithm", cfg.algorithm,
+                          "data with true clusters for its fixed router: --partition clusters "
+                          "or --dataset floral_synthetic")
+    return prep._replace(algorithm=alg)
 
 
 def make_algorithm(prep: Prepared, cfg: config_lib.Config, check: bool = False) -> Algorithm:
@@ -111,7 +116,8 @@ def make_algorithm(prep: Prepared, cfg: config_lib.Config, check: bool = False) 
 def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
     """evaluate(state, data, key) -> dict of metrics (global and personalized), jittable.
     ``alg`` (default ``prep.algorithm``): the algorithm whose state is evaluated."""
-    alg, task = alg or prep.algorithm, prep.task
+    alg = alg or prep.algorithm
+    task = alg.task or prep.task
     mapping = prep.mapping.resolved()
 
     def evaluate(state, data, key):

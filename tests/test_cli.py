@@ -186,6 +186,23 @@ BAD_RUNS = [
     (["--set", "preset=fedrema"], "--set", "preset=fedrema"),
     (["--algorithm", "fedavg,local", "--baselines", "local,local"], "--baselines", "local,local"),
     (["--out", "/proc/fedjax-sim-test"], "--out", "/proc/fedjax-sim-test"),
+    # FLoRAL: rank, adaptors, budget, router, clusters, the oracle router's data
+    (["--algorithm", "floral", "--set", "floral.rank=-1"], "floral.rank", "-1"),
+    (["--algorithm", "floral", "--set", "floral.num_adaptors=0"], "floral.num_adaptors", "0"),
+    (["--algorithm", "ensemble", "--set", "floral.num_adaptors=0"], "floral.num_adaptors", "0"),
+    (["--algorithm", "floral", "--set", "floral.rho=0"], "floral.rho", "0"),
+    (["--algorithm", "floral", "--set", "floral.rho=1.5"], "floral.rho", "1.5"),
+    (["--algorithm", "floral", "--set", "floral.rho=nan"], "floral.rho", "nan"),
+    (["--algorithm", "floral", "--set", "floral.router_noise=inf"], "floral.router_noise", "inf"),
+    (["--algorithm", "floral", "--set", "floral.adaptor_bias=ones"], "floral.adaptor_bias", "ones"),
+    (["--algorithm", "floral", "--set", "floral.conv_rank_rule=none"], "floral.conv_rank_rule", "none"),
+    (["--algorithm", "floral", "--partition", "clusters", "--set", "data.num_clusters=4"],
+     "data.num_clusters", "4"),
+    (["--algorithm", "floral", "--partition", "clusters", "--set", "data.num_clusters=0"],
+     "data.num_clusters", "0"),
+    (["--partition", "clusters", "--set", "data.cluster_transform=flip"], "data.cluster_transform", "flip"),
+    (["--algorithm", "floral_oracle"], "algorithm", "floral_oracle"),
+    (["--algorithm", "ensemble_oracle", "--partition", "iid"], "algorithm", "ensemble_oracle"),
 ]
 
 BAD_SWEEPS = [

@@ -10,6 +10,9 @@ An algorithm is a bundle of pure functions; the runner never knows which one it 
   report(state) -> dict                       optional extras for summary.json's ``final``
   events(key, num_rounds) -> pytree [R, ...]  optional precomputed event schedule; the driver
                                               hands round r its rows as ``RoundInput.events``
+  task                                        optional `tasks.Task` whose metrics read this
+                                              algorithm's params (mixture models); None = the
+                                              run's task over the run's model
 
 Builders take objects (`BuildContext`: task, model, client and server optimizers, schedule,
 mapping, cohort size) and the algorithm's own hyper-parameters (its registered config section),
@@ -38,6 +41,7 @@ class Algorithm(NamedTuple):
     info: dict
     report: Callable[[State], dict] | None = None
     events: Callable[[jax.Array, int], Any] | None = None
+    task: Any = None
 
 
 class BuildContext(NamedTuple):

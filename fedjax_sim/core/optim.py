@@ -13,6 +13,7 @@ import inspect
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from fedjax_sim.errors import ConfigError
@@ -155,3 +156,49 @@ def control_variates() -> optax.GradientTransformationExtraArgs:
 
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
+
+
+def lora_preconditioner(eps: float = 1e-5) -> optax.GradientTransformation:
+    """FLoRAL's ScaledGD-style preconditioning of low-rank adaptor gradients [code:
+    ``PrecondLoRATrainer``], applied before the optimizer step.
+
+    Works on every dict of the tree holding ``A`` and ``B`` arrays with M stacked adaptors
+    (`models.mixture` layouts; other leaves, `optax.MaskedNode` included, pass unchanged):
+      dense ``A [M, r, d_in]``, ``B [M, d_out, r]``:
+        ``gA <- (B^T B + eps I)^-1 gA``,  ``gB <- gB (A A^T + eps I)^-1``   (per adaptor m);
+      conv ``A [M, r, C_in, k]``, ``B [M, C_out, r, k]``: each gradient is divided by the
+        Frobenius norm of the other factor's Gram tensor plus eps,
+        ``gA / (||sum_o B[o]^T B[o]||_F + eps)``, ``gB / (||sum_i A_i A_i^T||_F + eps)``.
+    Biases (``beta``) and the router are not preconditioned. Needs ``params``.
+    """
+
+    def dense(g, a, b):
+        r = a.shape[1]
+        eye = eps * jnp.eye(r, dtype=a.dtype)
+        p_in = jnp.einsum("mor,mos->mrs", b, b) + eye
+        p_out = jnp.einsum("mri,msi->mrs", a, a) + eye
+        ga = jnp.linalg.solve(p_in, g["A"])
+        gb = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(p_out, 1, 2), jnp.swapaxes(g["B"], 1, 2)), 1, 2)
+        return ga, gb
+
+    def conv(g, a, b):
+        norm = lambda t: jnp.sqrt(jnp.sum(jnp.square(t), axis=(1, 2, 3)))[:, None, None, None]
+        p_in = jnp.einsum("morh,mosh->mrsh", b, b)
+        p_out = jnp.einsum("mriw,msiw->mrsw", a, a)
+        return g["A"] / (norm(p_in) + eps), g["B"] / (norm(p_out) + eps)
+
+    def walk(g, p):
+        if not isinstance(g, dict):
+            return g
+        if "A" in g and "B" in g and not isinstance(g["A"], optax.MaskedNode):
+            a, b = p["A"], p["B"]
+            ga, gb = dense(g, a, b) if a.ndim == 3 else conv(g, a, b)
+            return {**g, "A": ga, "B": gb}
+        return {k: walk(v, p[k]) for k, v in g.items()}
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("lora_preconditioner needs params")
+        return walk(updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

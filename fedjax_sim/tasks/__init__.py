@@ -44,6 +44,7 @@ class Task(NamedTuple):
 
     output_loss(outputs, batch) -> scalar: the loss as a function of the model's outputs, for
     client programs that compute outputs themselves (`core.factored`); None for multi-task.
+    pointwise: the per-row pieces of a single-output task (`with_apply`); None for multi-task.
     """
 
     loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, Any]]
@@ -54,6 +55,7 @@ class Task(NamedTuple):
     target_kind: str  # "class" | "real" | "multi"
     num_classes: int = 0
     output_loss: Callable[[jax.Array, Batch], jax.Array] | None = None
+    pointwise: Pointwise | None = None
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -99,7 +101,15 @@ def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: in
                 "count": jnp.sum(m)}
 
     return Task(loss, metrics, name, pointwise.headline, pointwise.higher_is_better,
-                pointwise.target_kind, num_classes, output_loss)
+                pointwise.target_kind, num_classes, output_loss, pointwise)
+
+
+def with_apply(task: Task, apply_fn: Callable) -> Task:
+    """The same single-output task read through another model function ``apply_fn(params, x)``
+    (e.g. a mixture model's, whose params are not the run model's). ValueError for multi-task."""
+    if task.pointwise is None:
+        raise ValueError(f"task {task.name!r} has no per-row form to rebind")
+    return _single(task.pointwise, apply_fn, task.name, task.num_classes)
 
 
 def classification_pointwise() -> Pointwise:
@@ -188,4 +198,4 @@ TASKS = ("auto", "classification", "regression_mse", "regression_mae")
 
 __all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification", "count_key", "is_count",
            "classification_pointwise", "divide_metrics", "masked_cross_entropy", "masked_mean",
-           "multitask", "regression", "regression_pointwise"]
+           "multitask", "regression", "regression_pointwise", "with_apply"]

@@ -1,0 +1,143 @@
+"""The comparison protocol of the experiments: tune every method the same way on a validation
+split, then run the selected settings on fresh seeds (DESIGN: "a claim is a paired 95% interval
+over at least 10 seeds against baselines tuned the same way on a validation split").
+
+A `Method` is a row of a results table: a registered algorithm plus fixed config values (e.g.
+``floral_10`` = ``floral`` with ``floral.rho=0.1``). Each method is tuned by its own
+``fedjax-sim sweep`` (one vmapped program over grid points x tuning seeds) in
+``<runs>/tune/<method>``, selected by `sweep.select` (best mean final-round validation metric),
+optionally extended past an edge of the grid (``tune_ext<k>/<method>``), and run on the final
+seeds with ``fedjax-sim run --seeds`` in ``<runs>/final/<method>``. Every step is skipped when its
+result exists, so an interrupted experiment resumes.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class Method(NamedTuple):
+    """name: the row label; algorithm: registered algorithm; values: dotted field -> value."""
+
+    name: str
+    algorithm: str
+    values: dict
+
+    @staticmethod
+    def parse(entry: Any) -> "Method":
+        """``"fedavg"`` or ``{"name": "floral_10", "algorithm": "floral", "set": {...}}``."""
+        if isinstance(entry, str):
+            return Method(entry, entry, {})
+        return Method(entry["name"], entry.get("algorithm", entry["name"]), dict(entry.get("set", {})))
+
+
+def load(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def cli(args: list[str]) -> None:
+    """Runs ``fedjax-sim <args>`` in this process; SystemExit when it fails."""
+    from fedjax_sim.cli import main
+
+    print("fedjax-sim " + " ".join(args), flush=True)
+    code = main(args)
+    if code != 0:
+        raise SystemExit(f"fedjax-sim {' '.join(args)} exited with {code}")
+
+
+def _sets(values: dict) -> list[str]:
+    out = []
+    for key, value in values.items():
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        out += ["--set", f"{key}={text}"]
+    return out
+
+
+def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progress: bool) -> None:
+    """``fedjax-sim sweep`` of one method over ``grid`` on the tuning seeds and validation split."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(base, f)
+    args = ["sweep", "--config", f.name, "--algorithm", method.algorithm, *_sets(method.values),
+            "--seeds", ",".join(map(str, tune["seeds"])),
+            "--validation-fraction", str(tune["validation_fraction"]), "--out", str(out)]
+    for key, values in grid.items():
+        args += ["--grid", f"{key}={','.join(map(str, values))}"]
+    cli(args + ([] if progress else ["--no-progress"]))
+
+
+def _tune_dirs(runs_dir: Path, method: Method) -> list[Path]:
+    ext = sorted(runs_dir.glob("tune_ext*"), key=lambda p: int(p.name[len("tune_ext"):] or 0))
+    return [d / method.name for d in [runs_dir / "tune", *ext] if (d / method.name / "sweep.json").exists()]
+
+
+def selection(methods: list[Method], runs_dir: Path) -> dict:
+    """method name -> `sweep.SweepResult` over every tuning point it ran (grid and extensions;
+    ties go to the earlier point)."""
+    from fedjax_sim import sweep as sweep_lib
+
+    out = {}
+    for method in methods:
+        names, summaries = [], []
+        for d in _tune_dirs(runs_dir, method):
+            for point in load(d / "sweep.json").get(method.algorithm, {}).get("points", []):
+                names.append(point["point"])
+                summaries.append(load(Path(point["out"]) / "summary.json"))
+        if summaries:
+            out[method.name] = sweep_lib.select(names, summaries)
+    return out
+
+
+def tune(base: dict, methods: list[Method], spec: dict, runs_dir: Path, progress: bool) -> None:
+    """Each method's grid sweep, then edge extensions (``spec["extend"]``: ``factor``, ``max``):
+    a method whose choice is the largest (smallest) value it tried gets the next value up (down),
+    so no method is left at the edge of its grid. Defined for a one-field grid."""
+    for method in methods:
+        if not (runs_dir / "tune" / method.name / "sweep.json").exists():
+            sweep(base, method, spec, spec["grid"], runs_dir / "tune" / method.name, progress)
+    (field, _), = spec["grid"].items()
+    ext = spec.get("extend", {"factor": 3.0, "max": 0})
+    for k in range(1, ext.get("max", 0) + 1):
+        for method in methods:
+            res = selection([method], runs_dir).get(method.name)
+            out = runs_dir / f"tune_ext{k}" / method.name
+            if res is None or res.best is None or (out / "sweep.json").exists():
+                continue
+            tried = [float(n.split("=", 1)[1]) for n in res.names]
+            chosen = tried[res.best]
+            if chosen not in (max(tried), min(tried)) or len(set(tried)) == 1:
+                continue
+            value = chosen * ext["factor"] if chosen == max(tried) else chosen / ext["factor"]
+            sweep(base, method, spec, {field: [float(f"{value:.3g}")]}, out, progress)
+
+
+def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: bool) -> None:
+    """Each method's selected config on the final seeds (skipped when its summary exists)."""
+    chosen = selection(methods, runs_dir)
+    for method in methods:
+        out = runs_dir / "final" / method.name
+        if (out / "summary.json").exists():
+            continue
+        res = chosen.get(method.name)
+        if res is None or res.best is None:
+            raise SystemExit(f"tuning selected nothing for {method.name} (see {runs_dir}/tune*/{method.name})")
+        config = runs_dir / "final" / f"{method.name}.config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(res.best_config, indent=2))
+        cli(["run", "--config", str(config), "--seeds", ",".join(map(str, seeds)), "--out", str(out)]
+            + ([] if progress else ["--no-progress"]))
+
+
+def collect(methods: list[Method], runs_dir: Path) -> dict:
+    """method name -> its final summary, relabelled (``algorithm`` = the method's name, so tables
+    name rows by method); only finished methods."""
+    out = {}
+    for method in methods:
+        path = runs_dir / "final" / method.name / "summary.json"
+        if path.exists():
+            out[method.name] = {**load(path), "algorithm": method.name}
+    return out
+
+
+__all__ = ["Method", "cli", "collect", "final", "load", "selection", "sweep", "tune"]
