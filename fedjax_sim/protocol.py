@@ -37,14 +37,25 @@ def load(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def cli(args: list[str]) -> None:
-    """Runs ``fedjax-sim <args>`` in this process; SystemExit when it fails."""
+def cli(args: list[str], ok: tuple = (0,)) -> int:
+    """Runs ``fedjax-sim <args>`` in this process; SystemExit unless its exit code is in ``ok``."""
     from fedjax_sim.cli import main
 
     print("fedjax-sim " + " ".join(args), flush=True)
     code = main(args)
-    if code != 0:
+    if code not in ok:
         raise SystemExit(f"fedjax-sim {' '.join(args)} exited with {code}")
+    return code
+
+
+def _fresh(out: Path, done: str) -> None:
+    """Removes ``out`` when an interrupted step left it without its ``done`` file, so the step
+    can run again (a run never writes into a directory holding another run's results)."""
+    import shutil
+
+    if out.exists() and not (out / done).exists():
+        print(f"removing {out} (interrupted: no {done})", flush=True)
+        shutil.rmtree(out)
 
 
 def _sets(values: dict) -> list[str]:
@@ -56,7 +67,9 @@ def _sets(values: dict) -> list[str]:
 
 
 def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progress: bool) -> None:
-    """``fedjax-sim sweep`` of one method over ``grid`` on the tuning seeds and validation split."""
+    """``fedjax-sim sweep`` of one method over ``grid`` on the tuning seeds and validation split.
+    A sweep whose every point diverged (exit 3) still wrote its tables; it selects nothing."""
+    _fresh(out, "sweep.json")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(base, f)
     args = ["sweep", "--config", f.name, "--algorithm", method.algorithm, *_sets(method.values),
@@ -64,7 +77,7 @@ def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progres
             "--validation-fraction", str(tune["validation_fraction"]), "--out", str(out)]
     for key, values in grid.items():
         args += ["--grid", f"{key}={','.join(map(str, values))}"]
-    cli(args + ([] if progress else ["--no-progress"]))
+    cli(args + ([] if progress else ["--no-progress"]), ok=(0, 3))
 
 
 def _tune_dirs(runs_dir: Path, method: Method) -> list[Path]:
@@ -89,27 +102,48 @@ def selection(methods: list[Method], runs_dir: Path) -> dict:
     return out
 
 
-def tune(base: dict, methods: list[Method], spec: dict, runs_dir: Path, progress: bool) -> None:
-    """Each method's grid sweep, then edge extensions (``spec["extend"]``: ``factor``, ``max``):
-    a method whose choice is the largest (smallest) value it tried gets the next value up (down),
-    so no method is left at the edge of its grid. Defined for a one-field grid."""
+def point_values(name: str, fields: list[str]) -> dict:
+    """A grid point's values from its name (``local.lr=0.1_floral.router_lr=0.3``; field names
+    may hold underscores, values do not)."""
+    import re
+
+    out = {}
+    for field in fields:
+        m = re.search(re.escape(field) + r"=([^_]+)", name)
+        if m:
+            out[field] = float(m.group(1))
+    return out
+
+
+def tune(base: dict, methods: list[Method], spec: dict, runs_dir: Path, progress: bool,
+         grid_of=None) -> None:
+    """Each method's grid sweep, then edge extensions (``spec["extend"]``: ``factor``, ``max``)
+    along the grid's first field: a method whose choice is the largest (smallest) value it tried
+    there gets the next value up (down), its other fields held at the chosen point, so no method
+    is left at the edge of its grid. ``grid_of(method) -> grid`` (default: ``spec["grid"]``)
+    gives methods their own axes (e.g. a router learning rate only for methods with a router)."""
+    grid_of = grid_of or (lambda method: spec["grid"])
     for method in methods:
         if not (runs_dir / "tune" / method.name / "sweep.json").exists():
-            sweep(base, method, spec, spec["grid"], runs_dir / "tune" / method.name, progress)
-    (field, _), = spec["grid"].items()
+            sweep(base, method, spec, grid_of(method), runs_dir / "tune" / method.name, progress)
     ext = spec.get("extend", {"factor": 3.0, "max": 0})
     for k in range(1, ext.get("max", 0) + 1):
         for method in methods:
+            grid = grid_of(method)
+            field = next(iter(grid))
             res = selection([method], runs_dir).get(method.name)
             out = runs_dir / f"tune_ext{k}" / method.name
             if res is None or res.best is None or (out / "sweep.json").exists():
                 continue
-            tried = [float(n.split("=", 1)[1]) for n in res.names]
-            chosen = tried[res.best]
-            if chosen not in (max(tried), min(tried)) or len(set(tried)) == 1:
+            chosen = point_values(res.names[res.best], list(grid))
+            tried = [point_values(n, [field])[field] for n in res.names]
+            if chosen[field] not in (max(tried), min(tried)) or len(set(tried)) == 1:
                 continue
-            value = chosen * ext["factor"] if chosen == max(tried) else chosen / ext["factor"]
-            sweep(base, method, spec, {field: [float(f"{value:.3g}")]}, out, progress)
+            up = chosen[field] == max(tried)
+            value = chosen[field] * ext["factor"] if up else chosen[field] / ext["factor"]
+            point = {f: [chosen[f]] for f in grid}
+            point[field] = [float(f"{value:.3g}")]
+            sweep(base, method, spec, point, out, progress)
 
 
 def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: bool) -> None:
@@ -122,11 +156,12 @@ def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: boo
         res = chosen.get(method.name)
         if res is None or res.best is None:
             raise SystemExit(f"tuning selected nothing for {method.name} (see {runs_dir}/tune*/{method.name})")
+        _fresh(out, "summary.json")
         config = runs_dir / "final" / f"{method.name}.config.json"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps(res.best_config, indent=2))
         cli(["run", "--config", str(config), "--seeds", ",".join(map(str, seeds)), "--out", str(out)]
-            + ([] if progress else ["--no-progress"]))
+            + ([] if progress else ["--no-progress"]), ok=(0, 3))  # 3: seeds diverged, reported
 
 
 def collect(methods: list[Method], runs_dir: Path) -> dict:
@@ -140,4 +175,4 @@ def collect(methods: list[Method], runs_dir: Path) -> dict:
     return out
 
 
-__all__ = ["Method", "cli", "collect", "final", "load", "selection", "sweep", "tune"]
+__all__ = ["Method", "cli", "collect", "final", "load", "point_values", "selection", "sweep", "tune"]

@@ -162,15 +162,17 @@ def _mean_std(values) -> tuple[float, float]:
 
 def mean_std_cell(values: list, metric: str) -> str:
     """"mean ± sample std" of per-seed values in the metric's display units (percent for
-    accuracies, 2 digits; raw, 4 digits); "(one seed)" instead of a std a single value does not
-    have; "no seed finished" for none."""
+    accuracies, 2 decimals; raw values to 4 significant digits, so an MSE of 1e-4 is not shown
+    as 0.0001 ± 0.0000); "(one seed)" instead of a std a single value does not have; "no seed
+    finished" for none."""
     if not values:
         return "no seed finished"
-    scale, digits = (100.0, 2) if _percent(metric) else (1.0, 4)
+    spec = ".2f" if _percent(metric) else ".4g"
+    scale = 100.0 if _percent(metric) else 1.0
     m, sd = _mean_std(values)
     if len(values) == 1:  # a sample std of one value is undefined, not 0
-        return f"{scale * m:.{digits}f} (one seed)"
-    return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
+        return f"{scale * m:{spec}} (one seed)"
+    return f"{scale * m:{spec}} ± {scale * sd:{spec}}"
 
 
 def _pick_metric(summaries: list[dict]) -> str:
