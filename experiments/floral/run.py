@@ -60,8 +60,8 @@ def base_config(setting: dict) -> dict:
 
 
 def own_methods(spec: dict, setting: dict) -> list[Method]:
-    reused = set(setting.get("reuse", {}).get("methods", []))
-    return [m for m in map(Method.parse, spec["methods"]) if m.name not in reused]
+    skipped = set(setting.get("reuse", {}).get("methods", [])) | set(setting.get("skip", []))
+    return [m for m in map(Method.parse, spec["methods"]) if m.name not in skipped]
 
 
 def grid_of(setting: dict, method: Method) -> dict:
