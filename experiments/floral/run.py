@@ -206,16 +206,20 @@ def plot_routers(spec: dict, names: list[str], path: Path) -> None:
         panels.append((name, entry["seed"], probs[order], clusters[order]))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
-    for ax, (name, seed, probs, clusters) in zip(axes[0], panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 4.2), squeeze=False)
+    fig.subplots_adjust(wspace=0.35)
+    for i, (ax, (name, seed, probs, clusters)) in enumerate(zip(axes[0], panels)):
         im = ax.imshow(probs, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
         for b in np.flatnonzero(np.diff(clusters)) + 0.5:
             ax.axhline(b, color="white", lw=0.8)
         ax.set_title(f"{name}\n(seed {seed})", fontsize=8)
         ax.set_xlabel("adaptor")
-        ax.set_ylabel("client (sorted by true cluster)")
+        ax.set_xticks(range(probs.shape[1]))
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        if i == 0:
+            ax.set_ylabel("client (sorted by true cluster; lines: cluster boundaries)")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="router probability")
-    fig.suptitle("FLoRAL(1%): router probabilities after the last round")
+    fig.suptitle("FLoRAL(1%): router probabilities after the last round", y=1.04)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
