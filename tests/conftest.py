@@ -7,9 +7,12 @@ they share is `batch_indices`, so that the reference and the engine train on the
 """
 from __future__ import annotations
 
+import socket
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedjax_sim import config as config_lib
 from fedjax_sim.core.local import Schedule, batch_indices
@@ -20,6 +23,21 @@ from fedjax_sim.models import dense_chain_layers, with_dense_chain_layers
 # Padding rows are filled with this (finite) garbage, so a test fails if the engine ever lets a
 # padded row into a gradient or a score instead of masking it.
 PAD_GARBAGE = 7.5
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Records (and refuses) every attempt to open a connection or resolve a name."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
 
 
 def make_data(train_sizes=(5, 9, 3, 7), test_sizes=(3, 0, 4, 2), features=6, classes=3,

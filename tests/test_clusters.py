@@ -4,7 +4,6 @@ cluster = client id mod M) and the `floral_synthetic` regression source, plus th
 from __future__ import annotations
 
 import math
-import socket
 
 import chex
 import numpy as np
@@ -342,19 +341,6 @@ def test_floral_synthetic_runs_end_to_end(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 # TFDS mock data
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
 
 
 def test_clusters_rotate_on_mock_mnist(no_network, tmp_path):

@@ -4,7 +4,6 @@ import ast
 import dataclasses
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -547,20 +546,6 @@ def test_data_does_not_import_config():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, env=env)
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Records (and refuses) every attempt to open a connection or resolve a name."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
 
 
 @pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
