@@ -270,21 +270,22 @@ def _reads(algorithm: str, key: str) -> bool:
     """Whether ``algorithm`` reads grid field ``key`` (an algorithm section belongs to the
     algorithms registered with it; everything else is read by every algorithm)."""
     from fedjax_sim import config as config_lib
-    from fedjax_sim.algorithms import SECTION_OF
+    from fedjax_sim.algorithms import section_of
 
     section = key.split(".", 1)[0]
-    return section not in config_lib.SECTIONS or SECTION_OF.get(algorithm) == section
+    return section not in config_lib.SECTIONS or section in (section_of(algorithm), section_of(algorithm, True))
 
 
 def grid_for(algorithms: list, cfg, grid) -> dict:
     """algorithm -> the grid axes it reads. An axis no algorithm reads, or a momentum the
     optimizer ignores, would give identical points: refused."""
-    from fedjax_sim.algorithms import SECTION_OF
+    from fedjax_sim.algorithms import MULTITASK_SECTION_OF, SECTION_OF
 
     for key, _, item in grid:
         if not any(_reads(a, key) for a in algorithms):
             section = key.split(".", 1)[0]
-            owners = ", ".join(sorted(a for a, s in SECTION_OF.items() if s == section))
+            owners = ", ".join(sorted({a for a, s in [*SECTION_OF.items(), *MULTITASK_SECTION_OF.items()]
+                                       if s == section}))
             raise ConfigError("--grid", item, f"fields that {', '.join(algorithms)} read ({section}.* "
                                               f"belongs to {owners})")
         for part in ("local", "server"):
@@ -359,16 +360,21 @@ def cmd_sweep(a) -> int:
 
 def cmd_list(_a) -> int:
     from fedjax_sim import config as config_lib
-    from fedjax_sim.algorithms import DESCRIPTIONS, SECTION_OF
+    from fedjax_sim.algorithms import DESCRIPTIONS, MULTITASK_DESCRIPTIONS, SECTION_OF, section_of
     from fedjax_sim.core.optim import OPTIMIZERS
-    from fedjax_sim.data import DATASETS, all_partitions
+    from fedjax_sim.data import DATASETS, MULTITASK_SOURCES, all_partitions
     from fedjax_sim.tasks import TASKS
 
     print("algorithms (config section in brackets):")
     for name in sorted(DESCRIPTIONS):
         section = f" [{SECTION_OF[name]}.*]" if name in SECTION_OF else ""
         print(f"  {name:20s} {DESCRIPTIONS[name]}{section}")
-    print("datasets:\n  " + ", ".join(DATASETS))
+    print("algorithms on multi-task data (--dataset hcfmtl_lite):")
+    for name in sorted(MULTITASK_DESCRIPTIONS):
+        section = section_of(name, True)
+        print(f"  {name:20s} {MULTITASK_DESCRIPTIONS[name]}" + (f" [{section}.*]" if section else ""))
+    print("datasets:\n  " + ", ".join(DATASETS) + "\nmulti-task datasets (data.scenario):\n  "
+          + ", ".join(MULTITASK_SOURCES))
     print("partitions:\n  " + ", ".join(all_partitions()))
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "

@@ -75,6 +75,9 @@ class DataConfig:
     # floral_synthetic: linear (Linear(10,3) targets, 8 samples per client, 7 train / 1 test) or
     # mlp (10-20-1 ReLU targets, 120 per client, 96 / 24)
     floral_variant: str = "mlp"
+    # hcfmtl_lite (specs/fedhca2.md section 6): s1 = 4 single-task + 1 multi-task client, s2 =
+    # 8 + 2; the scenario fixes the clients (leave num_clients at its default)
+    scenario: str = "s1"
     # > 0: a tuning run. This share of each client's training rows (stratified) becomes its
     # validation split, and the run is evaluated on it (per client, and pooled as the global set)
     # instead of the test split, which stays unseen. `fedjax-sim sweep` sets it.
@@ -90,6 +93,10 @@ class ModelConfig:
     name: str = "auto"
     hidden: tuple[int, ...] = (200, 200)  # mlp hidden widths; () = a linear model
     head_layers: int = 1  # dense layers in the personal head
+    # multi-task data (models.multitask): encoder and per-task decoder widths (HC-FMTL-lite's
+    # 32 -> 64 -> 64 and 64 -> 32 -> 32); model.hidden is the single-task MLP's
+    encoder: tuple[int, ...] = (64, 64)
+    decoder: tuple[int, ...] = (32, 32)
 
 
 @dataclasses.dataclass
@@ -103,6 +110,9 @@ class LocalConfig:
     weight_decay: float = 0.0
     batch_size: int = 16
     epochs: int = 1  # local epochs over the client's data (used when steps == 0)
+    # multi-task data: local epochs of each input domain's clients, e.g. 1,2 (FedHCA2: PASCAL
+    # clients 1, NYUD clients 4; HC-FMTL-lite A 1, B 2); () = local.epochs for every client
+    epochs_per_domain: tuple[int, ...] = ()
     steps: int = 0  # fixed local steps per round; 0 = use epochs
     clip_norm: float = 0.0  # global-norm gradient clipping; 0 = off
     formulation: str = "auto"  # auto | materialized | factored (low-rank deltas, dense nets + SGD)
@@ -401,6 +411,10 @@ def validate(cfg: Config) -> None:
     check(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden,
           "widths >= 1, e.g. 200,200 (empty: a linear model, one dense layer)")
     check(m.head_layers >= 1, "model.head_layers", m.head_layers, "an integer >= 1")
+    for name in ("encoder", "decoder"):
+        widths = getattr(m, name)
+        check(len(widths) >= 1 and all(h >= 1 for h in widths), f"model.{name}", widths,
+              "one or more widths >= 1, e.g. 64,64 (the multi-task model's)")
     loc = cfg.local
     check(loc.lr > 0 and math.isfinite(loc.lr), "local.lr", loc.lr, "a finite number > 0")
     check(0 <= loc.momentum < 1, "local.momentum", loc.momentum, "a number in [0, 1)")
@@ -408,6 +422,10 @@ def validate(cfg: Config) -> None:
     check(loc.batch_size >= 1, "local.batch_size", loc.batch_size, "an integer >= 1")
     check(loc.epochs >= 1, "local.epochs", loc.epochs, "an integer >= 1")
     check(loc.steps >= 0, "local.steps", loc.steps, "an integer >= 0 (0 = use local.epochs)")
+    check(all(isinstance(e, int) and e >= 1 for e in loc.epochs_per_domain), "local.epochs_per_domain",
+          ",".join(map(str, loc.epochs_per_domain)), "integers >= 1, one per input domain (e.g. 1,2)")
+    check(not loc.epochs_per_domain or loc.steps == 0, "local.epochs_per_domain",
+          ",".join(map(str, loc.epochs_per_domain)), "empty with local.steps > 0 (fixed steps have no epochs)")
     check(loc.clip_norm >= 0, "local.clip_norm", loc.clip_norm, "a number >= 0 (0 = off)")
     forms = ("auto", "materialized", "factored")
     check(loc.formulation in forms, "local.formulation", loc.formulation, "one of " + ", ".join(forms))

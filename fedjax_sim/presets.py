@@ -348,7 +348,45 @@ def _floral_synthetic(variant: str, clients: int, clusters: int, batch: int, lr:
 _FLORAL = [FLORAL_PAPER, FLORAL_PAPER_CIFAR10, _floral_synthetic("linear", 10, 2, 4, 0.1, ()),
            _floral_synthetic("mlp", 20, 4, 8, 0.03, (20,))]
 
-PRESETS: dict[str, Preset] = {p.name: p for p in [FEDREMA, *_FEDPROX_SYNTHETIC, *_FLORAL]}
+# --------------------------------------------------------------------------------------------
+# FedHCA2 (innovator-zero/FedHCA2 train.py / configs; specs/fedhca2.md §2-§6)
+
+_FEDHCA2_SPEC = "specs/fedhca2.md"
+
+FEDHCA2_PAPER = _preset(
+    "fedhca2-paper",
+    "FedHCA2's setting (not the algorithm): official method values (c 0.4, alpha = beta = 0.1, hyper "
+    "SGD 0.01/0.9/1e-4) on the spec's CPU analogue HC-FMTL-lite s1: Adam 1e-3, batch 32, local "
+    "epochs 1 (domain A) / 2 (B), 40 rounds",
+    "innovator-zero/FedHCA2 (commit 9e3c9b3) train.py, configs/*.yml; specs/fedhca2.md §2-§6",
+    [("data.dataset", "hcfmtl_lite", f"[ours] HC-FMTL-lite, the CPU analogue ({_FEDHCA2_SPEC} §6)"),
+     ("data.scenario", "s1", f"[ours] S1 mirrors the '1c' configs ({_FEDHCA2_SPEC} §6)"),
+     ("rounds", 40, f"[ours] R = 40 ({_FEDHCA2_SPEC} §6; the code's default is 100)"),
+     ("eval_every", 4, f"[C] eval_freq 4 ({_FEDHCA2_SPEC} §4)"),
+     ("cohort", 0, f"[C] every client trains every round ({_FEDHCA2_SPEC} §4)"),
+     ("local.optimizer", "adam", f"[ours] Adam ({_FEDHCA2_SPEC} §6; the code uses AdamW 1e-4 on Swin-T)"),
+     ("local.lr", 0.001, f"[ours] lr 1e-3 ({_FEDHCA2_SPEC} §6)"),
+     ("local.batch_size", 32, f"[ours] batch 32 ({_FEDHCA2_SPEC} §6)"),
+     ("local.epochs_per_domain", (1, 2), f"[ours] A 1, B 2, mimicking the code's PASCAL 1 / NYUD 4 ({_FEDHCA2_SPEC} §6, §8.11)"),
+     ("model.encoder", (64, 64), f"[ours] MLP 32-64-64 ({_FEDHCA2_SPEC} §6)"),
+     ("model.decoder", (32, 32), f"[ours] decoder 64-32-32, layers l0, l1 ({_FEDHCA2_SPEC} §6)"),
+     ("fedhca2.ca_c", 0.4, f"[C] ca_c 0.4 ({_FEDHCA2_SPEC} §2)"),
+     ("fedhca2.rescale", 1, f"[C] rescale 1: U / (1 + c^2) ({_FEDHCA2_SPEC} §2a)"),
+     ("fedhca2.alpha_init", 0.1, f"[C] --enc_alpha_init 0.1 ({_FEDHCA2_SPEC} §2, §8.5)"),
+     ("fedhca2.beta_init", 0.1, f"[C] --dec_beta_init 0.1 ({_FEDHCA2_SPEC} §3, §8.5)"),
+     ("fedhca2.hyper_lr", 0.01, f"[C] Hyperweight lr 0.01 ({_FEDHCA2_SPEC} §4)"),
+     ("fedhca2.hyper_momentum", 0.9, f"[C] Hyperweight momentum 0.9 ({_FEDHCA2_SPEC} §4)"),
+     ("fedhca2.hyper_weight_decay", 0.0001, f"[C] Hyperweight weight_decay 1e-4 ({_FEDHCA2_SPEC} §4)")],
+    ("The paper's setting (PASCAL-Context + NYUD-v2, Swin-T pretrained, AdamW 1e-4 with a cosine "
+     "schedule, 100 rounds, 2 GPUs) cannot run here: this preset is the spec's HC-FMTL-lite "
+     "analogue with the official method settings. Use --set data.scenario=s2 for the '2c' analogue.",
+     "The dual of the conflict-averse step is solved with a fixed-iteration JAX solver, not SLSQP; "
+     "on tiny updates SLSQP stalls at uniform weights (spec §8.1): --set fedhca2.uniform_dual=true "
+     "reproduces that behaviour.",
+     "The official FedAvg baseline averages all decoders across tasks (algorithm fedavg_all); "
+     "fedavg averages decoders per task."))
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [FEDREMA, *_FEDPROX_SYNTHETIC, *_FLORAL, FEDHCA2_PAPER]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def _sets(values: dict) -> list[str]:
 
 
 def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progress: bool) -> None:
-    """``fedjax-sim sweep`` of one method over ``grid`` on the tuning seeds and validation split.
+    """``fedjax-sim sweep`` of one method over ``grid`` on the tuning seeds and validation split
+    (``tune["select"]``, optional: the selection metric, default the headline's).
     A sweep whose every point diverged (exit 3) still wrote its tables; it selects nothing."""
     _fresh(out, "sweep.json")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -77,6 +78,8 @@ def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progres
             "--validation-fraction", str(tune["validation_fraction"]), "--out", str(out)]
     for key, values in grid.items():
         args += ["--grid", f"{key}={','.join(map(str, values))}"]
+    if tune.get("select"):
+        args += ["--select", tune["select"]]
     cli(args + ([] if progress else ["--no-progress"]), ok=(0, 3))
 
 
@@ -85,9 +88,9 @@ def _tune_dirs(runs_dir: Path, method: Method) -> list[Path]:
     return [d / method.name for d in [runs_dir / "tune", *ext] if (d / method.name / "sweep.json").exists()]
 
 
-def selection(methods: list[Method], runs_dir: Path) -> dict:
+def selection(methods: list[Method], runs_dir: Path, metric: str | None = None) -> dict:
     """method name -> `sweep.SweepResult` over every tuning point it ran (grid and extensions;
-    ties go to the earlier point)."""
+    ties go to the earlier point), selected on ``metric`` (default: the headline's)."""
     from fedjax_sim import sweep as sweep_lib
 
     out = {}
@@ -98,7 +101,7 @@ def selection(methods: list[Method], runs_dir: Path) -> dict:
                 names.append(point["point"])
                 summaries.append(load(Path(point["out"]) / "summary.json"))
         if summaries:
-            out[method.name] = sweep_lib.select(names, summaries)
+            out[method.name] = sweep_lib.select(names, summaries, metric)
     return out
 
 
@@ -131,7 +134,7 @@ def tune(base: dict, methods: list[Method], spec: dict, runs_dir: Path, progress
         for method in methods:
             grid = grid_of(method)
             field = next(iter(grid))
-            res = selection([method], runs_dir).get(method.name)
+            res = selection([method], runs_dir, spec.get("select")).get(method.name)
             out = runs_dir / f"tune_ext{k}" / method.name
             if res is None or res.best is None or (out / "sweep.json").exists():
                 continue
@@ -146,9 +149,11 @@ def tune(base: dict, methods: list[Method], spec: dict, runs_dir: Path, progress
             sweep(base, method, spec, point, out, progress)
 
 
-def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: bool) -> None:
-    """Each method's selected config on the final seeds (skipped when its summary exists)."""
-    chosen = selection(methods, runs_dir)
+def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: bool,
+          select: str | None = None) -> None:
+    """Each method's selected config (on ``select``, default the headline) on the final seeds
+    (skipped when its summary exists)."""
+    chosen = selection(methods, runs_dir, select)
     for method in methods:
         out = runs_dir / "final" / method.name
         if (out / "summary.json").exists():

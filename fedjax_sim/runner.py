@@ -15,8 +15,8 @@ import numpy as np
 
 from fedjax_sim import config as config_lib
 from fedjax_sim import tasks as tasks_lib
-from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name
-from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global
+from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_reference
+from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global, evaluate_multitask
 from fedjax_sim.core.local import Schedule
 from fedjax_sim.core.mapping import ClientMapping
 from fedjax_sim.core.optim import make_optimizer
@@ -39,6 +39,11 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
     name = cfg.task.name
     if name not in tasks_lib.TASKS:
         raise ConfigError("task.name", name, "one of " + ", ".join(tasks_lib.TASKS))
+    if data.target_kind == "multi":
+        if name != "auto":
+            raise ConfigError("task.name", name, f"auto for the multi-task data of data.dataset={data.name} "
+                                                 "(its tasks come with the data)")
+        return tasks_lib.multitask_from_spec(model.apply, data.tasks)
     if name == "auto":
         name = "classification" if data.target_kind == "class" else "regression_mse"
     if name == "classification" and data.target_kind != "class":
@@ -54,6 +59,11 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
 
 
 def _build_model(cfg: config_lib.Config, data) -> Model:
+    if data.target_kind == "multi":
+        return _build_multitask_model(cfg, data)
+    if cfg.model.name == MULTITASK_MODEL:
+        raise ConfigError("model.name", cfg.model.name, f"auto or one of {', '.join(MODELS)} for the "
+                                                        f"single-task data of data.dataset={data.name}")
     if cfg.model.name not in ("auto", *MODELS):
         raise ConfigError("model.name", cfg.model.name, "one of auto, " + ", ".join(MODELS))
     if cfg.model.name in ("cnn", "cifar_cnn") and len(data.feature_shape) != 3:
@@ -66,22 +76,66 @@ def _build_model(cfg: config_lib.Config, data) -> Model:
                        cfg.model.head_layers)
 
 
+MULTITASK_MODEL = "multitask_mlp"
+
+
+def _build_multitask_model(cfg: config_lib.Config, data):
+    """The multi-task model (`models.multitask.multitask_mlp`) of multi-task data; model.hidden
+    and model.head_layers are the single-task MLP's and must stay at their defaults here."""
+    from fedjax_sim.data.multitask import check_spec
+    from fedjax_sim.models.multitask import multitask_mlp
+
+    m, default = cfg.model, config_lib.ModelConfig()
+    if m.name not in ("auto", MULTITASK_MODEL):
+        raise ConfigError("model.name", m.name, f"auto or {MULTITASK_MODEL} for the multi-task data of "
+                                                f"data.dataset={data.name}")
+    for name in ("hidden", "head_layers"):
+        if getattr(m, name) != getattr(default, name):
+            raise ConfigError(f"model.{name}", getattr(m, name), "its default for multi-task data (the "
+                              "multi-task model's widths are model.encoder and model.decoder)")
+    spec = data.tasks
+    check_spec(spec, data.num_clients)
+    return multitask_mlp(data.feature_shape, spec.task_names, spec.task_outputs, m.encoder, m.decoder)
+
+
+def client_epochs(cfg: config_lib.Config, data):
+    """[C] local epochs per client from ``local.epochs_per_domain`` (None when it is empty);
+    ConfigError when the data has no domains or the count does not match them."""
+    per_domain = tuple(cfg.local.epochs_per_domain)
+    if not per_domain:
+        return None
+    spec = getattr(data, "tasks", None)
+    if spec is None:
+        raise ConfigError("local.epochs_per_domain", ",".join(map(str, per_domain)),
+                          f"empty for data.dataset={data.name} (it has no input domains)")
+    if len(per_domain) != len(spec.domain_names):
+        raise ConfigError("local.epochs_per_domain", ",".join(map(str, per_domain)),
+                          f"{len(spec.domain_names)} values, one per domain ({', '.join(spec.domain_names)})")
+    return np.asarray([per_domain[d] for d in spec.domains], np.int32)
+
+
 def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     """Validates ``cfg`` and builds data, task, model, optimizers and algorithm (host side,
     nothing compiled). ``data`` may be given (a `FederatedData`) to skip building it."""
     from fedjax_sim.data import build_federated, validate_data_config
 
+    from fedjax_sim.algorithms import check_data_kind
+    from fedjax_sim.data import MULTITASK_SOURCES
+
     config_lib.validate(cfg)
     check_name(cfg.algorithm)
     if data is None:
         validate_data_config(cfg.data)
+        check_data_kind(cfg.algorithm, cfg.data.dataset in MULTITASK_SOURCES, cfg.data.dataset)
         data = build_federated(cfg.data, cfg.seed)
     if cfg.cohort > data.num_clients:
         raise ConfigError("cohort", cfg.cohort, f"at most the number of clients ({data.num_clients})")
     model = _build_model(cfg, data)
     task = resolve_task(cfg, data, model)
     loc = cfg.local
-    schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs, loc.steps)
+    epochs = client_epochs(cfg, data)
+    schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs if epochs is None else int(epochs.max()),
+                             loc.steps)
     mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
     prep = Prepared(cfg, data, model, task, schedule, mapping, None)
     alg = make_algorithm(prep, cfg, check=True)
@@ -109,8 +163,12 @@ def make_algorithm(prep: Prepared, cfg: config_lib.Config, check: bool = False) 
     cohort = cfg.cohort or data.num_clients
     ctx = BuildContext(prep.task, model, client_opt, server_opt, prep.schedule, data.max_train,
                        loc.batch_size, prep.mapping, loc.formulation, srv.weighting, cohort,
-                       data.num_clients)
-    return build(cfg.algorithm, ctx, cfg)
+                       data.num_clients, getattr(data, "tasks", None), client_epochs(cfg, data))
+    alg = build(cfg.algorithm, ctx, cfg)
+    if prep.task.target_kind == "multi" and cfg.algorithm != "local":
+        # Delta_m needs Local under the same seed, split and local settings: trained alongside
+        alg = with_reference(alg, build("local", ctx, cfg))
+    return alg
 
 
 def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
@@ -128,6 +186,11 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
             params, stacked = alg.client_params(state, data, key), True
         else:
             params, stacked = alg.global_params(state), False
+        if task.target_kind == "multi":
+            ref = None if alg.reference_params is None else alg.reference_params(state, data, key)
+            out.update(evaluate_multitask(task.metrics, params, ref, data.test, data.n_test, data.tasks,
+                                          mapping))
+            return out
         out.update(evaluate_clients(task.metrics, params, data.test, data.n_test, stacked,
                                     task.headline, mapping))
         return out

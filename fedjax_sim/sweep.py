@@ -41,8 +41,13 @@ def selectable_metrics(prep) -> list[str]:
 
     params = jax.eval_shape(prep.model.init, jax.random.PRNGKey(0))
     rows = jax.tree.map(lambda a: a[:, 0], prep.data.test)
-    batch = {**rows, "mask": jax.ShapeDtypeStruct(rows["y"].shape[:1], bool)}
+    batch = {**rows, "mask": jax.ShapeDtypeStruct(rows["x"].shape[:1], bool)}
     names = [k for k in jax.eval_shape(prep.task.metrics, params, batch) if not is_count(k)]
+    if prep.task.target_kind == "multi":  # what `core.evaluate.evaluate_multitask` reports
+        spec = prep.data.tasks
+        derived = ["delta_m", "personalized_delta_m", "personalized_loss",
+                   *(f"delta_m_{d}" for d in spec.domain_names)]
+        return derived + [f"personalized_{name}" for name in names]
     scopes = ["personalized", "pooled"] + (["global"] if prep.algorithm.global_params is not None else [])
     return [f"{scope}_{name}" for scope in scopes for name in names]
 
@@ -61,7 +66,7 @@ def select(names: list, summaries: list, metric: str | None = None) -> SweepResu
     config for the final run has ``data.validation_fraction`` 0 (train on all training rows,
     evaluate on the test split)."""
     metric = metric or report.metric_name(summaries[0])
-    base = metric.split("_", 1)[1]
+    base = metric.split("_", 1)[1] if metric.startswith(("personalized_", "pooled_", "global_")) else metric
     # the task says which way its headline goes; other metrics: losses and errors go down
     higher = (report.higher_is_better(summaries[0]) if base == report.headline(summaries[0])
               else base not in LOWER_IS_BETTER)

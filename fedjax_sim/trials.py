@@ -294,6 +294,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                         continue
                     rec = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j])) for k, v in m.items()}
                     t.per_client = rec.pop(per_client_key)
+                    _null_unheld(rec, prep.data.tasks)
                     rec = {"round": rnd, "seed": t.seed, **{k: v[i][j] for k, v in logged.items()}, **rec}
                     t.history.append(rec)
                     writers[t.point](rec)
@@ -369,6 +370,17 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
 
 # ---------------------------------------------------------------------------------------------
 # results
+
+
+def _null_unheld(rec: dict, spec) -> None:
+    """Multi-task records: the [C, T] score tables get null where a client does not hold the
+    task (a 0 would read as a perfect MSE)."""
+    if spec is None:
+        return
+    held = spec.task_mask
+    for key in ("task_scores", "reference_task_scores"):
+        if key in rec:
+            rec[key] = [[v if h else None for v, h in zip(row, hrow)] for row, hrow in zip(rec[key], held)]
 
 
 def _best(history: list[dict], keys: tuple, higher: bool) -> dict:

@@ -13,6 +13,13 @@ An algorithm is a bundle of pure functions; the runner never knows which one it 
   task                                        optional `tasks.Task` whose metrics read this
                                               algorithm's params (mixture models); None = the
                                               run's task over the run's model
+  reference_params(state, data, key) -> [C, ...]  optional: each client's model of a reference
+                                              trained alongside (`with_reference`: multi-task
+                                              runs carry Local for Delta_m)
+
+Multi-task data (``task.target_kind == "multi"``) has its own registry (`register` with
+``multitask=True``): the same name may mean a single-task algorithm and its multi-task form
+(``fedavg``, ``fedprox``, ``local``), and `build` picks the one the data needs.
 
 Builders take objects (`BuildContext`: task, model, client and server optimizers, schedule,
 mapping, cohort size) and the algorithm's own hyper-parameters (its registered config section),
@@ -42,6 +49,7 @@ class Algorithm(NamedTuple):
     report: Callable[[State], dict] | None = None
     events: Callable[[jax.Array, int], Any] | None = None
     task: Any = None
+    reference_params: Callable[[State, Any, jax.Array], Any] | None = None
 
 
 class BuildContext(NamedTuple):
@@ -67,43 +75,100 @@ class BuildContext(NamedTuple):
     weighting: str
     cohort: int
     num_clients: int
+    tasks: Any = None
+    client_epochs: Any = None
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {}
 DESCRIPTIONS: dict[str, str] = {}
 SECTION_OF: dict[str, str] = {}
+MULTITASK_ALGORITHMS: dict[str, Callable[..., Algorithm]] = {}
+MULTITASK_DESCRIPTIONS: dict[str, str] = {}
+MULTITASK_SECTION_OF: dict[str, str] = {}
 
 
-def register(name: str, description: str, section: type | None = None):
+def register(name: str, description: str, section: type | None = None, multitask: bool = False):
     """Decorator: registers ``builder(ctx: BuildContext, hp) -> Algorithm`` under ``name``.
 
     ``section``: the algorithm's config dataclass, with class attributes ``NAME`` (the section
     name, e.g. ``fedrema``; several algorithms may share one) and optionally ``ALIASES`` (old
     dotted names -> new ones). ``hp`` is that section's value in the run config (None without).
+    ``multitask``: the builder is the name's form for multi-task data (its section, if None,
+    is the single-task form's: e.g. multi-task ``fedprox`` reads ``fedprox.mu``).
     """
 
     def wrap(builder):
-        ALGORITHMS[name] = builder
-        DESCRIPTIONS[name] = description
+        registry, descriptions, sections = ((MULTITASK_ALGORITHMS, MULTITASK_DESCRIPTIONS, MULTITASK_SECTION_OF)
+                                            if multitask else (ALGORITHMS, DESCRIPTIONS, SECTION_OF))
+        registry[name] = builder
+        descriptions[name] = description
         if section is not None:
             config_lib.register_section(section.NAME, section, getattr(section, "ALIASES", None))
-            SECTION_OF[name] = section.NAME
+            sections[name] = section.NAME
         return builder
 
     return wrap
 
 
 def check_name(name: str) -> None:
-    if name not in ALGORITHMS:
-        raise ConfigError("algorithm", name, "one of " + ", ".join(sorted(ALGORITHMS)))
+    if name not in ALGORITHMS and name not in MULTITASK_ALGORITHMS:
+        raise ConfigError("algorithm", name, "one of " + ", ".join(sorted({*ALGORITHMS, *MULTITASK_ALGORITHMS})))
+
+
+def section_of(name: str, multitask: bool = False) -> str | None:
+    """The config section algorithm ``name`` reads (its multi-task form's, when ``multitask``)."""
+    if multitask and name in MULTITASK_SECTION_OF:
+        return MULTITASK_SECTION_OF[name]
+    return SECTION_OF.get(name)
+
+
+def check_data_kind(name: str, multitask: bool, dataset: str) -> None:
+    """ConfigError unless ``name`` has a form for the data's kind (multi-task or not)."""
+    check_name(name)
+    if multitask and name not in MULTITASK_ALGORITHMS:
+        raise ConfigError("algorithm", name, f"one of {', '.join(sorted(MULTITASK_ALGORITHMS))} for the "
+                                             f"multi-task data of data.dataset={dataset}")
+    if not multitask and name not in ALGORITHMS:
+        raise ConfigError("algorithm", name, f"one of {', '.join(sorted(ALGORITHMS))} for data.dataset="
+                                             f"{dataset} ({name} needs multi-task data: --dataset hcfmtl_lite)")
 
 
 def build(name: str, ctx: BuildContext, cfg) -> Algorithm:
-    """Builds algorithm ``name``; only its own section of ``cfg`` reaches the builder."""
-    check_name(name)
-    section = SECTION_OF.get(name)
+    """Builds algorithm ``name`` in the form the task needs (multi-task or not); only its own
+    section of ``cfg`` reaches the builder."""
+    multitask = ctx.task.target_kind == "multi"
+    check_data_kind(name, multitask, getattr(getattr(cfg, "data", None), "dataset", "?"))
+    section = section_of(name, multitask)
     hp = getattr(cfg, section) if section else None
     # swept values arrive as tracers (fedjax_sim.trials) and were range-checked as numbers before
     if hp is not None and hasattr(hp, "validate") and not config_lib.traced(hp):
         hp.validate()
-    return ALGORITHMS[name](ctx, hp)
+    return (MULTITASK_ALGORITHMS if multitask else ALGORITHMS)[name](ctx, hp)
+
+
+class Referenced(NamedTuple):
+    """The state of an algorithm trained alongside a reference (`with_reference`)."""
+
+    main: State
+    reference: State
+
+
+def with_reference(alg: Algorithm, ref: Algorithm) -> Algorithm:
+    """``alg`` with ``ref`` trained alongside it on the same keys (``ref``'s numbers equal its own
+    run with the same seed): init/round run both, everything else reads ``alg``'s part, and
+    ``reference_params`` gives ``ref``'s client models (a multi-task run's Delta_m reference).
+    The reference's round metrics are dropped (the evaluation compares the two)."""
+
+    def init(key, data):
+        return Referenced(alg.init(key, data), ref.init(key, data))
+
+    def round_fn(state, data, rin):
+        main, metrics = alg.round(state.main, data, rin)
+        reference, _ = ref.round(state.reference, data, rin)
+        return Referenced(main, reference), metrics
+
+    wrap = lambda fn: None if fn is None else (lambda state, *a: fn(state.main, *a))  # noqa: E731
+    return alg._replace(init=init, round=round_fn, global_params=wrap(alg.global_params),
+                        client_params=wrap(alg.client_params), report=wrap(alg.report),
+                        reference_params=lambda state, data, key: ref.client_params(state.reference, data, key),
+                        info={**alg.info, "reference": ref.name})

@@ -115,15 +115,22 @@ def make_local_train(loss_fn: Callable, optimizer: optax.GradientTransformation,
         reads ``anchor``, `core.optim.control_variates` reads ``control``/``client_control``).
       schedule, max_n: the static step count, batch size and padded length N_max.
 
-    The returned ``train`` works on one client: ``data`` leaves [N_max, ...], ``n`` [] valid rows.
+    The returned ``train`` works on one client: ``data`` leaves [N_max, ...], ``n`` [] valid rows;
+    ``epochs`` [] (optional, epoch schedules only): this client's number of local epochs, at most
+    the schedule's (heterogeneous local schedules, e.g. FedHCA2's per-domain epochs).
     A step whose batch is empty leaves params and optimizer state untouched. Batch rows come from
     ``key`` (`batch_indices`); the per-step loss keys (dropout, sampling) from ``fold_in(key, 1)``.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train(params, opt_state, data, n, key, extras=None):
+    def train(params, opt_state, data, n, key, extras=None, epochs=None):
         extras = extras or {}
         idx, mask = batch_indices(key, n, max_n, schedule)
+        if epochs is not None:  # this client's own epoch count (<= the schedule's): later epochs are no-ops
+            if schedule.epochs == 0:
+                raise ValueError("per-client epochs need an epoch schedule (local.steps == 0)")
+            per_epoch = schedule.num_steps // schedule.epochs
+            mask = mask & (jnp.arange(schedule.num_steps)[:, None] // per_epoch < epochs)
         step_keys = step_key_schedule(jax.random.fold_in(key, 1), schedule)
 
         def step(carry, inp):

@@ -147,6 +147,27 @@ def proximal(mu) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
+def masked_slots(groups=("decoders", "heads")) -> optax.GradientTransformationExtraArgs:
+    """Zeroes the updates of the task slots a client does not hold, so they never change (not
+    even through weight decay or optimizer momentum): chain it *last*.
+
+    Extra argument ``slot_mask`` [T] bool: the client's tasks. Every leaf under a top-level key
+    of ``groups`` has a leading task axis [T, ...] (`models.multitask`); other leaves pass.
+    """
+
+    def update(updates, state, params=None, *, slot_mask=None, **extra):
+        del params, extra
+        if slot_mask is None:
+            return updates, state
+
+        def mask(u):
+            return u * slot_mask.reshape(-1, *([1] * (u.ndim - 1))).astype(u.dtype)
+
+        return {k: jax.tree.map(mask, v) if k in groups else v for k, v in updates.items()}, state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
 def control_variates() -> optax.GradientTransformationExtraArgs:
     """SCAFFOLD: ``g + c - c_i`` with extra arguments ``control`` (c) and ``client_control`` (c_i)."""
 

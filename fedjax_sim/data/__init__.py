@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedjax_sim.data.build import (Assignment, all_partitions, build_federated, resolve_partition,
+from fedjax_sim.data.build import (MULTITASK_SOURCES, Assignment, all_partitions, build_federated, resolve_partition,
                                    resolve_seed, validate_data_config)
 from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients, stack_trials
 from fedjax_sim.data.partition import PARTITIONS, TRANSFORM_PARTITIONS
@@ -36,11 +36,23 @@ def describe(data: FederatedData) -> dict:
         "global_test": (int(np.sum(data.global_test["mask"])) if "mask" in data.global_test
                         else data.global_size),
         "num_clusters": num_clusters,
+        **({} if data.tasks is None else {"multitask": _describe_tasks(data.tasks)}),
     }
+
+
+def _describe_tasks(spec) -> dict:
+    """The multi-task structure: tasks (kind, outputs), each client's domain and task set."""
+    return {"tasks": {n: {"kind": k, "outputs": o, "lower_is_better": k == "real"}
+                      for n, k, o in zip(spec.task_names, spec.task_kinds, spec.task_outputs)},
+            "clients": [{"domain": spec.domain_names[d],
+                         "tasks": [n for n, held in zip(spec.task_names, ts) if held]}
+                        for d, ts in zip(spec.domains, spec.task_sets)],
+            "groups": spec.group_ids.tolist(), "decoders": len(spec.slots())}
 
 
 __all__ = [
     "DATASETS",
+    "MULTITASK_SOURCES",
     "PARTITIONS",
     "TRANSFORM_PARTITIONS",
     "Assignment",

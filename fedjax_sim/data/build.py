@@ -23,11 +23,14 @@ import numpy as np
 from fedjax_sim.data.clusters import (CLUSTER_TRANSFORMS, FLORAL_VARIANTS, apply_cluster_transform,
                                      cluster_of, transform_rows)
 from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients
+from fedjax_sim.data.multitask import build_hcfmtl_lite
+from fedjax_sim.data.multitask import check_config as check_hcfmtl_lite
 from fedjax_sim.data.partition import (PARTITIONS, TRANSFORM_PARTITIONS, draw_client_tests,
                                        stratified_split)
 from fedjax_sim.data.sources import DATASETS, Source, check_finite
 from fedjax_sim.errors import ConfigError
 
+MULTITASK_SOURCES = {"hcfmtl_lite": build_hcfmtl_lite}  # multi-task data, built whole by their own builder
 NATURAL_SOURCES = ("synthetic", "floral_synthetic")  # sources whose clients come from the generator
 # `auto` for the other sources: label-wise Dirichlet, except where noted. diabetes: iid, because
 # its train pool (~354 rows) is too small for dirichlet_label's default min_size over 20 clients,
@@ -162,8 +165,14 @@ def _check_floral_synthetic(cfg: DataConfig) -> None:
 def validate_data_config(cfg: DataConfig) -> None:
     """Checks the dataset and partition names and that they go together, and the knobs of the
     `clusters` partition and of ``floral_synthetic`` (no data is loaded)."""
-    if cfg.dataset not in DATASETS:
-        raise ConfigError("data.dataset", cfg.dataset, "one of " + ", ".join(DATASETS))
+    if cfg.dataset not in DATASETS and cfg.dataset not in MULTITASK_SOURCES:
+        raise ConfigError("data.dataset", cfg.dataset, "one of " + ", ".join([*DATASETS, *MULTITASK_SOURCES]))
+    if cfg.dataset in MULTITASK_SOURCES:
+        check_hcfmtl_lite(cfg)
+        return
+    if getattr(cfg, "scenario", "s1") != "s1":
+        raise ConfigError("data.scenario", cfg.scenario, "s1 (the default) for data.dataset="
+                          f"{cfg.dataset} (scenarios are hcfmtl_lite's)")
     names = all_partitions()
     if cfg.partition != "auto" and cfg.partition not in names:
         raise ConfigError("data.partition", cfg.partition, "auto or one of " + ", ".join(names))
@@ -296,6 +305,10 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
       with `return_assignment` (its indices name the source rows before any cluster transform).
     """
     validate_data_config(cfg)
+    if cfg.dataset in MULTITASK_SOURCES:
+        if return_assignment:
+            raise ValueError(f"{cfg.dataset} generates its rows: it has no source assignment")
+        return MULTITASK_SOURCES[cfg.dataset](cfg, resolve_seed(cfg, run_seed))
     partition = resolve_partition(cfg)
     # spawn(k)'s first children do not depend on k: adding the validation stream kept the others
     seed = resolve_seed(cfg, run_seed)

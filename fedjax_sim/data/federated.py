@@ -34,6 +34,9 @@ class FederatedData:
       cluster: [C] int32 true cluster id of each client (``[S, C]`` when stacked over seeds), or
         None when the data has no cluster structure. Set by the `clusters` partition (client k
         in cluster k mod M) and by ``floral_synthetic``; for oracle routers and diagnostics.
+      tasks: static `types.MultiTaskSpec` of multi-task data (``target_kind`` "multi": ``y`` is
+        ``{task: [C, N_max]}`` and ``y_mask`` ``{task: [C, N_max] bool}`` marks the rows that carry
+        each task), else None.
     """
 
     train: dict
@@ -45,6 +48,7 @@ class FederatedData:
     target_kind: str = flax.struct.field(pytree_node=False, default="class")
     name: str = flax.struct.field(pytree_node=False, default="")
     cluster: Any = None
+    tasks: Any = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def num_clients(self) -> int:
@@ -56,7 +60,9 @@ class FederatedData:
 
     @property
     def target_shape(self) -> tuple[int, ...]:
-        """Per-example target shape: () for class ids and scalar regression."""
+        """Per-example target shape: () for class ids, scalar regression and multi-task data."""
+        if isinstance(self.train["y"], dict):
+            return ()
         return tuple(self.train["y"].shape[2:])
 
     @property
@@ -128,7 +134,7 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
     """
     first = datas[0]
     signature = lambda d: (d.num_clients, d.feature_shape, d.target_shape, d.num_classes,
-                           d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None)
+                           d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None, d.tasks)
     for d in datas[1:]:
         if signature(d) != signature(first):
             raise ValueError(f"seeds give datasets of different structure: {signature(d)} vs {signature(first)}")
@@ -138,7 +144,8 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
 
     def padded(d: FederatedData):
         t = d.global_size
-        glob = {k: _pad_axis(v, 0, t_max) for k, v in d.global_test.items() if k != "mask"}
+        glob = {k: jax.tree.map(lambda a: _pad_axis(a, 0, t_max), v)
+                for k, v in d.global_test.items() if k != "mask"}
         glob["mask"] = np.arange(t_max) < t if "mask" not in d.global_test else _pad_axis(d.global_test["mask"], 0, t_max)
         cluster = None if d.cluster is None else np.asarray(d.cluster)
         return (jax.tree.map(lambda a: _pad_axis(a, 1, n_max), d.train), np.asarray(d.n_train),
@@ -148,7 +155,8 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
     parts = [padded(d) for d in datas]
     train, n_train, test, n_test, glob, cluster = jax.tree.map(lambda *xs: np.stack(xs), *parts)
     return FederatedData(train, n_train, test, n_test, glob, num_classes=first.num_classes,
-                         target_kind=first.target_kind, name=first.name, cluster=cluster)
+                         target_kind=first.target_kind, name=first.name, cluster=cluster,
+                         tasks=first.tasks)
 
 
 def trial(data: FederatedData, s: int) -> FederatedData:

@@ -154,13 +154,16 @@ def regression(apply_fn: Callable, loss: str = "mse") -> Task:
 
 
 def multitask(apply_fn: Callable, tasks: Mapping[str, Pointwise],
-              weights: Mapping[str, float] | None = None) -> Task:
+              weights: Mapping[str, float] | None = None, headline: str | None = None,
+              higher_is_better: bool | None = None) -> Task:
     """Several tasks over one shared batch.
 
     ``apply_fn(params, x) -> {task: outputs [B, ...]}``; batch ``y`` is ``{task: targets [B, ...]}``
     and ``y_mask`` ``{task: [B] bool}`` marks the rows that carry each task (a client that does not
     hold a task has all-False rows for it, so every client has the same static shapes). The loss
     is ``sum_t weights[t] * masked mean_t``; metrics are ``"<task>/<metric>"`` with ``"<task>/count"``.
+    ``headline`` (default: the first task's headline metric) may name a metric the evaluator
+    derives, e.g. ``delta_m`` (`delta_m`, computed against a reference run).
     """
     names = tuple(tasks)
     weights = {t: 1.0 for t in names} if weights is None else dict(weights)
@@ -190,12 +193,49 @@ def multitask(apply_fn: Callable, tasks: Mapping[str, Pointwise],
         return out
 
     first = tasks[names[0]]
-    return Task(loss, metrics, "multitask", f"{names[0]}/{first.headline}", first.higher_is_better,
-                "multi")
+    return Task(loss, metrics, "multitask", headline or f"{names[0]}/{first.headline}",
+                first.higher_is_better if higher_is_better is None else higher_is_better, "multi")
+
+
+def multitask_from_spec(apply_fn: Callable, spec) -> Task:
+    """The multi-task task of a `types.MultiTaskSpec`: softmax cross-entropy + accuracy for its
+    ``class`` tasks, MSE for its ``real`` ones, weighted by ``spec.loss_weights``; judged by
+    ``delta_m`` (higher is better), which the evaluator computes against the Local reference."""
+    pointwise = {n: classification_pointwise() if k == "class" else regression_pointwise("mse")
+                 for n, k in zip(spec.task_names, spec.task_kinds)}
+    return multitask(apply_fn, pointwise, dict(zip(spec.task_names, spec.loss_weights)),
+                     headline="delta_m", higher_is_better=True)
+
+
+def task_headlines(spec) -> tuple:
+    """[T] the per-task metric Delta_m reads: ``accuracy`` for class tasks, ``mse`` for real ones."""
+    return tuple("accuracy" if k == "class" else "mse" for k in spec.task_kinds)
+
+
+def delta_m(method: jax.Array, base: jax.Array, mask: jax.Array, lower_is_better: jax.Array) -> jax.Array:
+    """Multi-task performance relative to a baseline, in percent (Maninis et al. 2019; the
+    per-(client, task) form of specs/fedhca2.md section 6):
+
+      Delta_m = 100 / P * sum_{(i, t): mask} s_t (M_method[i, t] - M_base[i, t]) / M_base[i, t]
+
+    with s_t = -1 where lower is better (MSE) and +1 otherwise (accuracy), P = mask.sum().
+
+    Args:
+      method, base: [C, T] per-(client, task) metric values; mask: [C, T] bool, the pairs that
+        count (client i holds task t; optionally one domain's clients); lower_is_better: [T].
+
+    Returns:
+      scalar; 0 for an empty mask.
+    """
+    sign = jnp.where(lower_is_better, -1.0, 1.0)
+    rel = sign * (method - base) / jnp.where(mask, base, 1.0)
+    m = mask.astype(rel.dtype)
+    return 100.0 * jnp.sum(jnp.where(mask, rel, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 TASKS = ("auto", "classification", "regression_mse", "regression_mae")
 
 __all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification", "count_key", "is_count",
            "classification_pointwise", "divide_metrics", "masked_cross_entropy", "masked_mean",
-           "multitask", "regression", "regression_pointwise", "with_apply"]
+           "delta_m", "multitask", "multitask_from_spec", "regression", "regression_pointwise",
+           "task_headlines", "with_apply"]
