@@ -33,6 +33,28 @@ class Method(NamedTuple):
         return Method(entry["name"], entry.get("algorithm", entry["name"]), dict(entry.get("set", {})))
 
 
+def _merge(a: dict, b: dict) -> dict:
+    import copy
+
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def base_config(setting: dict) -> dict:
+    """An experiment setting's full config dict: defaults < its ``preset`` < its ``base`` values
+    (nested dicts merged field by field)."""
+    import fedjax_sim.algorithms  # noqa: F401  (registers the algorithm sections)
+    from fedjax_sim import config as config_lib
+    from fedjax_sim import presets
+
+    cfg = config_lib.Config()
+    if setting.get("preset"):
+        cfg = presets.apply_preset(cfg, setting["preset"])
+    return _merge(config_lib.to_dict(cfg), setting.get("base", {}))
+
+
 def load(path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -180,4 +202,31 @@ def collect(methods: list[Method], runs_dir: Path) -> dict:
     return out
 
 
-__all__ = ["Method", "cli", "collect", "final", "load", "point_values", "selection", "sweep", "tune"]
+def main(argv, doc: str, config_path, run_setting, report) -> int:
+    """An experiment driver's command line: ``--config`` (default ``config_path``),
+    ``--settings a,b`` (default all), ``--report-only``, ``--progress``. Runs
+    ``run_setting(spec, name, progress)`` for each chosen setting, then ``report(spec, names)``
+    over every setting (tables and plots from whatever run directories exist)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(config_path))
+    p.add_argument("--settings", help="comma-separated settings (default: all in config.json)")
+    p.add_argument("--report-only", action="store_true", help="regenerate tables and plots only")
+    p.add_argument("--progress", action="store_true", help="progress bars")
+    a = p.parse_args(argv)
+    spec = load(a.config)
+    names = [s.strip() for s in a.settings.split(",")] if a.settings else list(spec["settings"])
+    unknown = [n for n in names if n not in spec["settings"]]
+    if unknown:
+        print(f"--settings: unknown {unknown}; expected some of {list(spec['settings'])}", file=sys.stderr)
+        return 2
+    if not a.report_only:
+        for name in names:
+            run_setting(spec, name, a.progress)
+    report(spec, list(spec["settings"]))
+    return 0
+
+
+__all__ = ["Method", "base_config", "cli", "collect", "final", "load", "point_values", "selection", "sweep", "tune"]

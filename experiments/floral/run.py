@@ -23,8 +23,6 @@ seed_points_<setting>.png.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -38,25 +36,6 @@ from fedjax_sim import protocol  # noqa: E402
 from fedjax_sim.protocol import Method  # noqa: E402
 
 LEARNED_ROUTERS = ("floral", "floral_10", "floral_stateless", "ensemble")
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def base_config(setting: dict) -> dict:
-    """The setting's full config: defaults < preset < the setting's ``base`` values."""
-    import fedjax_sim.algorithms  # noqa: F401  (registers the algorithm sections)
-    from fedjax_sim import config as config_lib
-    from fedjax_sim import presets
-
-    cfg = config_lib.Config()
-    if setting.get("preset"):
-        cfg = presets.apply_preset(cfg, setting["preset"])
-    return _merge(config_lib.to_dict(cfg), setting.get("base", {}))
 
 
 def own_methods(spec: dict, setting: dict) -> list[Method]:
@@ -74,7 +53,7 @@ def run_setting(spec: dict, name: str, progress: bool) -> None:
     setting = spec["settings"][name]
     runs_dir = ROOT / "runs" / "floral" / name
     methods = own_methods(spec, setting)
-    protocol.tune(base_config(setting), methods, {**spec["tune"], "grid": setting["grid"]}, runs_dir,
+    protocol.tune(protocol.base_config(setting), methods, {**spec["tune"], "grid": setting["grid"]}, runs_dir,
                   progress, lambda m: grid_of(setting, m))
     protocol.final(methods, spec["seeds"], runs_dir, progress)
 
@@ -142,7 +121,7 @@ def write_results(spec: dict, names: list[str], path: Path) -> str:
         if not res:
             continue
         setting = spec["settings"][name]
-        base = base_config(setting)
+        base = protocol.base_config(setting)
         d = base["data"]
         lines += [f"## {setting['title']}", "",
                   f"`{name}`: dataset `{d['dataset']}`, partition `{d['partition']}`"
@@ -201,7 +180,7 @@ def plot_routers(spec: dict, names: list[str], path: Path) -> None:
             continue
         entry = next(e for e in s["per_seed"] if e["status"] == "ok")
         probs = np.asarray(entry["final"]["router_probs"])
-        clusters = np.arange(probs.shape[0]) % base_config(spec["settings"][name])["data"]["num_clusters"]
+        clusters = np.arange(probs.shape[0]) % protocol.base_config(spec["settings"][name])["data"]["num_clusters"]
         order = np.argsort(clusters, kind="stable")
         panels.append((name, entry["seed"], probs[order], clusters[order]))
     if not panels:
@@ -224,26 +203,13 @@ def plot_routers(spec: dict, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(HERE / "config.json"))
-    p.add_argument("--settings", help="comma-separated settings (default: all in config.json)")
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--progress", action="store_true")
-    a = p.parse_args(argv)
-    spec = protocol.load(a.config)
-    names = [s.strip() for s in a.settings.split(",")] if a.settings else list(spec["settings"])
-    unknown = [n for n in names if n not in spec["settings"]]
-    if unknown:
-        print(f"--settings: unknown {unknown}; expected some of {list(spec['settings'])}", file=sys.stderr)
-        return 2
-    if not a.report_only:
-        for name in names:
-            run_setting(spec, name, a.progress)
-    every = list(spec["settings"])
+def report(spec: dict, every: list[str]) -> None:
     print(write_results(spec, every, HERE / "results.md"))
     plot_routers(spec, every, HERE / "router_probs.png")
-    return 0
+
+
+def main(argv=None) -> int:
+    return protocol.main(argv, __doc__, HERE / "config.json", run_setting, report)
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def _hcfmtl(ctx: BuildContext, hp, name: str, encoder: str, decoders: str, prox_
     opt = optax.chain(opt, masked_slots(("decoders", "heads")))  # last: unheld slots never move
     train = make_local_train(ctx.task.loss, opt, ctx.schedule, ctx.max_n)
     slot_mask = jnp.asarray(spec.task_mask)
-    epochs = jnp.asarray(ctx.client_epochs if ctx.client_epochs is not None
-                         else np.full(c, ctx.schedule.epochs), jnp.int32)
+    epochs_np = np.asarray(ctx.client_epochs if ctx.client_epochs is not None
+                           else np.full(c, ctx.schedule.epochs), np.int32)
+    epochs = jnp.asarray(epochs_np)
 
     def client(params, opt_state, rows, n, key, mask, ep):
         return train(params, opt_state, rows, n, key, {"anchor": params, "slot_mask": mask}, ep)
@@ -182,7 +183,7 @@ def _hcfmtl(ctx: BuildContext, hp, name: str, encoder: str, decoders: str, prox_
     info = {"formulation": "materialized", "client_mapping": mapping.strategy, "chunk_size": mapping.chunk_size,
             "encoder_aggregation": encoder, "decoder_aggregation": decoders,
             "decoders": len(spec.slots()), "groups": spec.group_ids.tolist(),
-            "client_epochs": np.asarray(epochs).tolist(), "decoder_layers": list(layers)}
+            "client_epochs": epochs_np.tolist(), "decoder_layers": list(layers)}
     has_report = encoder.startswith("ca") or decoders.startswith("xattn")
     return Algorithm(name, init, round_fn, None, lambda s, d, k: s.params, info,
                      report if has_report else None)
