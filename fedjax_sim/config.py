@@ -82,6 +82,10 @@ class DataConfig:
     # validation split, and the run is evaluated on it (per client, and pooled as the global set)
     # instead of the test split, which stays unseen. `fedjax-sim sweep` sets it.
     validation_fraction: float = 0.0
+    # > 0: this stratified share of the train pool is held out before partitioning, labels
+    # dropped, as an unlabeled proxy set (`FederatedData.proxy`, FedADT's distillation data):
+    # never any client's data, never test data
+    proxy_fraction: float = 0.0
     data_dir: str = ""  # TFDS data_dir; "" = TFDS default
     seed: int = -1  # partition seed; -1 = the run seed
 
@@ -127,6 +131,36 @@ class ServerConfig:
     momentum: float = 0.9
     optimizer_args: str = ""
     weighting: str = "samples"  # samples | uniform
+
+
+@dataclasses.dataclass
+class ClockConfig:
+    """The virtual clock (`fedjax_sim.asynchrony`, specs/async_kd.md section 3.3).
+
+    A job (one client's local training) takes ``speed_c * work_c * noise`` virtual time units:
+    ``work_c`` is the client's real local steps, ``speed_c`` its per-client slowness drawn once
+    per seed (``constant``: 1; ``lognormal``: LogNormal(0, sigma); ``exponential``: Exp(1)), times
+    ``straggler_slowdown`` for a random ``straggler_fraction`` of clients, and ``noise`` a per-job
+    LogNormal(0, noise) factor. ``none``: no clock for synchronous algorithms (asynchronous ones
+    then use ``constant``). With a clock a synchronous round lasts as long as its slowest
+    sampled client plus ``server_time``; asynchronous methods keep ``concurrency`` jobs in flight
+    (0 = the cohort, else data.num_clients) and charge ``server_time`` per server update.
+    ``time_budget`` stops a run at the first evaluation at or past that virtual time.
+    """
+
+    speed: str = "none"  # none | constant | lognormal | exponential
+    sigma: float = 1.0  # lognormal: sigma of log speed
+    noise: float = 0.25  # sigma of the per-job log-normal factor (0 = none)
+    straggler_fraction: float = 0.0
+    straggler_slowdown: float = 10.0
+    concurrency: int = 0  # asynchronous methods: jobs in flight; 0 = cohort (or all clients)
+    server_time: float = 0.0  # virtual time charged per server update
+    # > 0: each seed stops at its first evaluation at or past this virtual time (``rounds`` is
+    # then an upper bound); 0 = run all rounds
+    time_budget: float = 0.0
+
+
+SPEEDS = ("none", "constant", "lognormal", "exponential")
 
 
 @dataclasses.dataclass
@@ -181,11 +215,15 @@ class Config:
     chunk_size: int = 0  # chunked: clients per vmapped block; 0 = measured default
     out: str = ""
     checkpoint: bool = False
+    # > 0: summary.json's final.rounds_to_target / time_to_target report when the headline
+    # accuracy (global, else personalized) first reached it at an evaluation point
+    target_accuracy: float = 0.0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     local: LocalConfig = dataclasses.field(default_factory=LocalConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    clock: ClockConfig = dataclasses.field(default_factory=ClockConfig)
     sections: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __getattr__(self, name):  # only reached when normal lookup fails
@@ -433,6 +471,24 @@ def validate(cfg: Config) -> None:
     check(s.lr > 0 and math.isfinite(s.lr), "server.lr", s.lr, "a finite number > 0")
     check(0 <= s.momentum < 1, "server.momentum", s.momentum, "a number in [0, 1)")
     check(s.weighting in ("samples", "uniform"), "server.weighting", s.weighting, "samples or uniform")
+    check(0 <= d.proxy_fraction < 1, "data.proxy_fraction", d.proxy_fraction,
+          "a number in [0, 1) (0 = no proxy set)")
+    check(cfg.target_accuracy == 0 or 0 < cfg.target_accuracy <= 1, "target_accuracy", cfg.target_accuracy,
+          "a number in (0, 1] (or 0 = no target)")
+    k = cfg.clock
+    check(k.speed in SPEEDS, "clock.speed", k.speed, "one of " + ", ".join(SPEEDS))
+    check(k.sigma > 0 and math.isfinite(k.sigma), "clock.sigma", k.sigma, "a finite number > 0")
+    check(0 <= k.noise < 10, "clock.noise", k.noise, "a number in [0, 10) (0 = no per-job noise)")
+    check(0 <= k.straggler_fraction <= 1, "clock.straggler_fraction", k.straggler_fraction, "a number in [0, 1]")
+    check(k.straggler_slowdown > 0 and math.isfinite(k.straggler_slowdown), "clock.straggler_slowdown",
+          k.straggler_slowdown, "a finite number > 0 (the stragglers' time multiplier)")
+    check(k.concurrency >= 0, "clock.concurrency", k.concurrency, "an integer >= 0 (0 = the cohort)")
+    check(k.concurrency <= d.num_clients, "clock.concurrency", k.concurrency,
+          f"at most data.num_clients={d.num_clients} (jobs in flight are distinct clients)")
+    check(k.server_time >= 0 and math.isfinite(k.server_time), "clock.server_time", k.server_time,
+          "a finite number >= 0")
+    check(k.time_budget >= 0 and math.isfinite(k.time_budget), "clock.time_budget", k.time_budget,
+          "a finite number >= 0 (0 = run all rounds)")
     for name in sorted(SECTIONS):
         section = getattr(cfg, name)
         if hasattr(section, "validate"):

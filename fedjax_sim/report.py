@@ -67,6 +67,14 @@ def load_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
+def step_at(times, values, grid) -> np.ndarray:
+    """The value of the last evaluation at or before each time of ``grid`` (the model a user holds
+    at that time; the first evaluation before it): times, values [E] sorted by time -> [len(grid)]."""
+    times, values = np.asarray(times, np.float64), np.asarray(values, np.float64)
+    idx = np.searchsorted(times, np.asarray(grid, np.float64), side="right") - 1
+    return values[np.maximum(idx, 0)]
+
+
 def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) -> None:
     """One curve per run of ``key`` against round (default: ``personalized_<headline>`` of the
     first run). With several seeds: the mean over the seeds that finished, and a band from their
@@ -79,10 +87,24 @@ def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) ->
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     seeds_shown = 1
+    histories = []
     for d in run_dirs:
         summary = json.loads((Path(d) / "summary.json").read_text())
         finished = {r["seed"] for r in _per_seed(summary)}
-        hist = [h for h in load_metrics(d) if key in h and ("seed" not in h or h["seed"] in finished)]
+        histories.append((summary, [h for h in load_metrics(d) if key in h and ("seed" not in h or h["seed"] in finished)]))
+    clocked = all(h and all("virtual_time" in r for r in h) for _, h in histories)
+    for summary, hist in histories:
+        if clocked:  # runs on a virtual clock: rounds of different methods are not comparable
+            seeds = sorted({h.get("seed", 0) for h in hist})
+            curves = [([h["virtual_time"] for h in hist if h.get("seed", 0) == s],
+                       [h[key] for h in hist if h.get("seed", 0) == s]) for s in seeds]
+            grid = np.linspace(0.0, min(t[-1] for t, _ in curves), 200)
+            values = np.array([step_at(t, v, grid) for t, v in curves])
+            seeds_shown = max(seeds_shown, len(curves))
+            line, = ax.plot(grid, values.mean(0), label=summary["algorithm"])
+            if len(curves) > 1:
+                ax.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.15, lw=0)
+            continue
         rounds = sorted({h["round"] for h in hist})
         per_round = [[h[key] for h in hist if h["round"] == r] for r in rounds]
         seeds_shown = max(seeds_shown, max((len(v) for v in per_round), default=1))
@@ -90,7 +112,7 @@ def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) ->
         if seeds_shown > 1:
             ax.fill_between(rounds, [min(v) for v in per_round], [max(v) for v in per_round],
                             color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_xlabel("round")
+    ax.set_xlabel("virtual time" if clocked else "round")
     ax.set_ylabel(key.replace("_", " ") + (" (mean over seeds, band: min-max)" if seeds_shown > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

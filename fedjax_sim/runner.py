@@ -15,7 +15,7 @@ import numpy as np
 
 from fedjax_sim import config as config_lib
 from fedjax_sim import tasks as tasks_lib
-from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_reference
+from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_clock, with_reference
 from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global, evaluate_multitask
 from fedjax_sim.core.local import Schedule
 from fedjax_sim.core.mapping import ClientMapping
@@ -139,6 +139,18 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
     prep = Prepared(cfg, data, model, task, schedule, mapping, None)
     alg = make_algorithm(prep, cfg, check=True)
+    if alg.info.get("needs_proxy"):
+        proxy = getattr(data, "proxy", None)
+        if proxy is None or proxy["x"].shape[-1 - len(data.feature_shape)] == 0:
+            raise ConfigError("data.proxy_fraction", cfg.data.proxy_fraction,
+                              f"a number in (0, 1) that leaves at least one proxy row for {cfg.algorithm} "
+                              "(its server distills on this unlabeled held-out set), e.g. 0.05")
+    if cfg.clock.time_budget > 0 and alg.info.get("clock") is None:
+        raise ConfigError("clock.time_budget", cfg.clock.time_budget,
+                          "0 without a clock (set clock.speed, or run an asynchronous algorithm)")
+    if cfg.target_accuracy > 0 and task.headline != "accuracy":
+        raise ConfigError("target_accuracy", cfg.target_accuracy,
+                          f"0 (off) for task {task.name}, whose headline metric is {task.headline}")
     if alg.info.get("needs_clusters") and getattr(data, "cluster", None) is None:
         raise ConfigError("algorithm", cfg.algorithm,
                           "data with true clusters for its fixed router: --partition clusters "
@@ -163,12 +175,32 @@ def make_algorithm(prep: Prepared, cfg: config_lib.Config, check: bool = False) 
     cohort = cfg.cohort or data.num_clients
     ctx = BuildContext(prep.task, model, client_opt, server_opt, prep.schedule, data.max_train,
                        loc.batch_size, prep.mapping, loc.formulation, srv.weighting, cohort,
-                       data.num_clients, getattr(data, "tasks", None), client_epochs(cfg, data))
+                       data.num_clients, getattr(data, "tasks", None), client_epochs(cfg, data),
+                       cfg.clock, cfg.rounds)
     alg = build(cfg.algorithm, ctx, cfg)
     if prep.task.target_kind == "multi" and cfg.algorithm != "local":
         # Delta_m needs Local under the same seed, split and local settings: trained alongside
         alg = with_reference(alg, build("local", ctx, cfg))
+    if cfg.clock.speed != "none" and alg.info.get("clock") is None:
+        alg = with_clock(alg, sync_clock(ctx), cohort, cfg.clock.server_time)
     return alg
+
+
+def sync_clock(ctx: BuildContext):
+    """``durations(seed, data, R) -> [R, C]``: every client's job time in every round, from the
+    seed's clock stream (the same client speeds the asynchronous methods see for that seed)."""
+    from fedjax_sim import asynchrony
+    from fedjax_sim.algorithms.common import job_work
+
+    clock = ctx.clock
+    epochs, steps = job_work(ctx)
+
+    def durations(seed, data, rounds):
+        speed, work, rng = asynchrony.seed_clock(clock, seed, np.asarray(data.n_train), ctx.batch_size,
+                                                 epochs, steps)
+        return asynchrony.sync_durations(speed, work, rounds, clock.noise, rng)
+
+    return durations
 
 
 def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
@@ -277,6 +309,8 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     seeds = sorted({h.get("seed", 0) for h in history})
+    # on a virtual clock the x axis is time (seeds then differ in x: no mean line over seeds)
+    x_key = "virtual_time" if history and all("virtual_time" in h for h in history) else "round"
     for (key, label), color in zip(((f"global_{headline}", "global model, global test"),
                                     (f"personalized_{headline}", "own model, own test (mean over clients)")),
                                    ("C0", "C1")):
@@ -284,8 +318,12 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
         for s in seeds:
             hist = [h for h in history if h.get("seed", 0) == s and key in h]
             if hist:
-                curves[s] = ([h["round"] for h in hist], [h[key] for h in hist])
+                curves[s] = ([h[x_key] for h in hist], [h[key] for h in hist])
         if not curves:
+            continue
+        if len(curves) > 1 and x_key == "virtual_time":
+            for i, (times, values) in enumerate(curves.values()):
+                ax.plot(times, values, color=color, lw=0.8, alpha=0.6, label=label if i == 0 else None)
             continue
         if len(curves) > 1:
             for rounds, values in curves.values():
@@ -297,7 +335,7 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
         else:
             rounds, values = next(iter(curves.values()))
         ax.plot(rounds, values, color=color, marker="o", ms=3, label=label)
-    ax.set_xlabel("round")
+    ax.set_xlabel(x_key.replace("_", " "))
     ax.set_ylabel(headline)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -228,6 +228,7 @@ class _Trial:
     def __init__(self, seed: int, point: int):
         self.seed, self.point = seed, point
         self.status, self.message, self.done = "ok", "", 0
+        self.stopped = False  # reached clock.time_budget: no more rounds are recorded
         self.history: list[dict] = []
         self.per_client: list = []
         self.report: dict = {}
@@ -269,13 +270,17 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
         if not axes.seeds:
             keys = keys[0]
-        k_init, k_rounds, k_eval, k_events = (keys[..., i, :] for i in range(4))
+        k_init, k_rounds, k_eval = (keys[..., i, :] for i in range(3))  # [3]: unused (was events)
         split_rounds = lambda k: jax.random.split(k, cfg.rounds)
         round_keys = jax.vmap(split_rounds)(k_rounds) if axes.seeds else split_rounds(k_rounds)
         events = None
-        if alg.events is not None:  # the schedule depends on the seed, not on swept values
-            make_events = lambda k: alg.events(k, cfg.rounds)
-            events = jax.vmap(make_events)(k_events) if axes.seeds else make_events(k_events)
+        if alg.events is not None:  # host-side, per seed (each seed's own data and clock stream)
+            rows = [alg.events(s, preps_by_seed[i][0].data, cfg.rounds) for i, s in enumerate(seeds)]
+            stack = (lambda *a: jnp.asarray(np.stack(a))) if axes.seeds else (lambda a: jnp.asarray(a))
+            events = jax.tree.map(stack, *rows) if axes.seeds else jax.tree.map(stack, rows[0])
+        clocked = alg.info.get("clock") is not None  # rounds report round_time: log the clock
+        budget = cfg.clock.time_budget if clocked else 0.0
+        virtual_time = np.zeros((S, G))
         program = _program(prep, swept, configs, axes)
         state = program.init(program.hp, k_init, data)
 
@@ -290,7 +295,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
             for i in range(S):
                 for j in range(G):
                     t = trials[i][j]
-                    if t.status != "ok":
+                    if t.status != "ok" or t.stopped:
                         continue
                     rec = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j])) for k, v in m.items()}
                     t.per_client = rec.pop(per_client_key)
@@ -299,7 +304,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     t.history.append(rec)
                     writers[t.point](rec)
 
-        log_eval(0, {})
+        log_eval(0, {"virtual_time": virtual_time.tolist()} if clocked else {})
         bar = runner._progress(cfg.rounds, progress, cfg.algorithm + (f" x{S * G}" if S * G > 1 else ""))
         train_s, samples, block_compiles = 0.0, 0.0, 0
         for b in range(math.ceil(cfg.rounds / block_len)):
@@ -317,30 +322,39 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                 print(f"fedjax-sim: warning: the round block recompiled in block {b + 1} (a state or "
                       f"input changed shape or dtype); see timing.round_block_compiles", file=sys.stderr)
             losses = metrics["train_loss"][..., :count]
-            live = np.array([[t.status == "ok" for t in row] for row in trials])
+            live = np.array([[t.status == "ok" and not t.stopped for t in row] for row in trials])
             samples += float(np.sum(metrics["samples"][..., :count] * live[..., None]))
             for i in range(S):
                 for j in range(G):
                     t = trials[i][j]
-                    if t.status == "ok" and not np.all(np.isfinite(losses[i, j])):
+                    if t.status == "ok" and not t.stopped and not np.all(np.isfinite(losses[i, j])):
                         bad = lo + int(np.argmin(np.isfinite(losses[i, j]))) + 1
                         t.status = "diverged"
                         t.message = (f"seed {t.seed} diverged at round {bad}: the training loss is "
                                      f"{losses[i, j, bad - lo - 1]}")
                         writers[t.point]({"round": bad, "seed": t.seed, "train_loss": None, "status": "diverged"})
-            if not any(t.status == "ok" for row in trials for t in row):
+            if not any(t.status == "ok" and not t.stopped for row in trials for t in row):
                 break
             for row in trials:
                 for t in row:
-                    if t.status == "ok":
+                    if t.status == "ok" and not t.stopped:
                         t.done = lo + count
             logged = {}
+            if clocked:  # float64 on the host: a long run's clock does not lose precision
+                virtual_time += np.asarray(metrics.pop("round_time")[..., :count], np.float64).sum(-1)
+                logged["virtual_time"] = virtual_time.tolist()
             for name, values in metrics.items():
                 values = values[..., :count]
                 if name != "samples" and values.ndim == 3:
                     logged[name] = values[..., -1].tolist()
                     logged[f"{name}_mean"] = values.mean(-1).tolist()
             log_eval(lo + count, logged)
+            if budget > 0:  # a trial stops at its first evaluation at or past the time budget
+                for i in range(S):
+                    for j in range(G):
+                        trials[i][j].stopped |= bool(virtual_time[i, j] >= budget)
+                if all(t.stopped or t.status != "ok" for row in trials for t in row):
+                    break
             if bar is not None:
                 bar.update(count)
                 ok = [t.history[-1] for row in trials for t in row if t.status == "ok"]
@@ -349,6 +363,13 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     bar.set_postfix({prep.task.headline[:12]: f"{shown:.3f}"})
         if bar is not None:
             bar.close()
+        short = [(t.seed, virtual_time[i, j]) for i, row in enumerate(trials) for j, t in enumerate(row)
+                 if budget > 0 and t.status == "ok" and not t.stopped]
+        if short:
+            print(f"fedjax-sim: warning: seed {short[0][0]} reached virtual time {short[0][1]:.4g} < "
+                  f"clock.time_budget={budget:g} in {cfg.rounds} rounds"
+                  + (f" (and {len(short) - 1} more trial(s))" if len(short) > 1 else "")
+                  + "; raise --rounds to run until the budget", file=sys.stderr)
         if program.report is not None:
             rep = _lead(program.report(program.hp, state), axes)
             for i in range(S):
@@ -403,7 +424,22 @@ def _final(t: _Trial, prep) -> dict:
     final[per_client_key] = [v if h else None for v, h in zip(t.per_client, has_test)]
     final["loss"] = rec.get("global_loss", rec.get("personalized_loss"))
     final.update(t.report)
+    target = prep.config.target_accuracy
+    if target > 0:
+        final.update(time_to_target(t.history, target))
     return final
+
+
+def time_to_target(history: list[dict], target: float) -> dict:
+    """When the headline accuracy (global, else personalized) first reached ``target`` at an
+    evaluation point: ``rounds_to_target`` and, on a clock, ``time_to_target`` (virtual time);
+    null when it never did (its resolution is ``eval_every``)."""
+    key = "global_accuracy" if any("global_accuracy" in h for h in history) else "personalized_accuracy"
+    hit = next((h for h in history if h.get(key) is not None and h[key] >= target), None)
+    out = {"rounds_to_target": None if hit is None else hit["round"]}
+    if any("virtual_time" in h for h in history):
+        out["time_to_target"] = None if hit is None else hit["virtual_time"]
+    return out
 
 
 def point_summary(prep, seeds_trials: list, timing: dict, resolved: dict, data_desc: dict) -> dict:
@@ -420,14 +456,17 @@ def point_summary(prep, seeds_trials: list, timing: dict, resolved: dict, data_d
             entry["message"] = t.message
         per_seed.append(entry)
     ok = [e for e in per_seed if e["status"] == "ok"]
-    scalars = sorted({k for e in ok for k, v in e["final"].items() if isinstance(v, (int, float))})
+    scalars = sorted({k for e in ok for k, v in e["final"].items() if isinstance(v, (int, float)) or v is None})
+    # a value that is null in some seed (a target never reached) has no mean: null
+    complete = {k for k in scalars if all(isinstance(e["final"].get(k), (int, float)) for e in ok)}
+    values = lambda k: [e["final"][k] for e in ok]  # noqa: E731
     if len(per_seed) == 1:
         final = dict(per_seed[0]["final"])
     else:
-        final = {k: float(np.mean([e["final"][k] for e in ok if k in e["final"]])) for k in scalars}
+        final = {k: float(np.mean(values(k))) if k in complete else None for k in scalars}
     # a sample std needs two seeds: null (undefined) for one, not a 0 that reads as "no spread"
-    final_std = {k: (float(np.std([e["final"][k] for e in ok if k in e["final"]], ddof=1))
-                     if len(ok) > 1 else None) for k in scalars}
+    final_std = {k: (float(np.std(values(k), ddof=1)) if len(ok) > 1 and k in complete else None)
+                 for k in scalars}
     return {
         "algorithm": cfg.algorithm,
         "dataset": cfg.data.dataset,

@@ -303,8 +303,8 @@ def test_driver_hands_each_round_its_event_rows(tmp_path):
     base = runner.prepare(tiny_config(rounds=5, eval_every=2), make_data()).algorithm
     rounds = 5
 
-    def events(key, num_rounds):
-        return {"client": jnp.arange(num_rounds) * 3 + 1}
+    def events(seed, data, num_rounds):  # host side, from the seed and its data
+        return {"client": np.arange(num_rounds, dtype=np.int32) * 3 + 1}
 
     def init(key, data):
         return (base.init(key, data), jnp.zeros(rounds, jnp.int32), jnp.zeros(rounds, jnp.int32))
@@ -371,8 +371,10 @@ FLOORS = {
     "types": set(), "errors": set(), "config": {"errors"},
     "data": {"errors", "types", "data"}, "tasks": {"errors", "types", "tasks"},
     "models": {"errors", "types", "models"}, "aggregators": {"errors", "types", "aggregators"},
+    "asynchrony": {"errors", "types", "asynchrony"},
     "core": {"errors", "types", "tasks", "core"},
-    "algorithms": {"errors", "types", "config", "core", "aggregators", "models", "tasks", "algorithms"},
+    "algorithms": {"errors", "types", "config", "core", "aggregators", "models", "tasks", "asynchrony",
+                   "algorithms"},
 }
 
 

@@ -8,14 +8,19 @@ An algorithm is a bundle of pure functions; the runner never knows which one it 
   client_params(state, data, key) -> params [C, ...]   each client's own model; None when every
                                               client uses the global model
   report(state) -> dict                       optional extras for summary.json's ``final``
-  events(key, num_rounds) -> pytree [R, ...]  optional precomputed event schedule; the driver
-                                              hands round r its rows as ``RoundInput.events``
+  events(seed, data, num_rounds) -> pytree [R, ...]  optional precomputed event schedule (host
+                                              side, numpy, from the run seed and that seed's
+                                              data); the driver hands round r its rows as
+                                              ``RoundInput.events``. Asynchronous methods set
+                                              it; `with_clock` sets it for synchronous ones
   task                                        optional `tasks.Task` whose metrics read this
                                               algorithm's params (mixture models); None = the
                                               run's task over the run's model
   reference_params(state, data, key) -> [C, ...]  optional: each client's model of a reference
                                               trained alongside (`with_reference`: multi-task
                                               runs carry Local for Delta_m)
+  cohort_key(round_key) -> key                optional: the key a round passes to
+                                              `core.sampling.select_cohort` (None: the round key)
 
 Multi-task data (``task.target_kind == "multi"``) has its own registry (`register` with
 ``multitask=True``): the same name may mean a single-task algorithm and its multi-task form
@@ -31,6 +36,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from fedjax_sim import config as config_lib
 from fedjax_sim.errors import ConfigError
@@ -47,9 +53,10 @@ class Algorithm(NamedTuple):
     client_params: Callable[[State, Any, jax.Array], Any] | None
     info: dict
     report: Callable[[State], dict] | None = None
-    events: Callable[[jax.Array, int], Any] | None = None
+    events: Callable[[int, Any, int], Any] | None = None
     task: Any = None
     reference_params: Callable[[State, Any, jax.Array], Any] | None = None
+    cohort_key: Callable[[jax.Array], jax.Array] | None = None
 
 
 class BuildContext(NamedTuple):
@@ -60,7 +67,9 @@ class BuildContext(NamedTuple):
     max_n: padded client length N_max; batch_size: the requested local batch (for builders that
     make other schedules); mapping: `core.mapping.ClientMapping` (may be ``auto``); formulation:
     the requested local formulation (``auto`` | ``materialized`` | ``factored``); weighting:
-    ``samples`` | ``uniform``; cohort: K clients per round; num_clients: C.
+    ``samples`` | ``uniform``; cohort: K clients per round; num_clients: C; tasks: the data's
+    `types.MultiTaskSpec` or None; client_epochs: [C] local epochs per client or None; clock:
+    the run's `config.ClockConfig` (asynchronous methods); rounds: R.
     """
 
     task: Any
@@ -77,6 +86,8 @@ class BuildContext(NamedTuple):
     num_clients: int
     tasks: Any = None
     client_epochs: Any = None
+    clock: Any = None
+    rounds: int = 0
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {}
@@ -141,8 +152,11 @@ def build(name: str, ctx: BuildContext, cfg) -> Algorithm:
     section = section_of(name, multitask)
     hp = getattr(cfg, section) if section else None
     # swept values arrive as tracers (fedjax_sim.trials) and were range-checked as numbers before
-    if hp is not None and hasattr(hp, "validate") and not config_lib.traced(hp):
-        hp.validate()
+    for part in [hp, *(getattr(cfg, u) for u in getattr(hp, "USES", ()))]:
+        if part is not None and hasattr(part, "validate") and not config_lib.traced(part):
+            part.validate()
+    if getattr(hp, "USES", ()):  # a section that builds on others' (fedadt on fedbuff / fedasync)
+        hp = {section: hp, **{u: getattr(cfg, u) for u in hp.USES}}
     return (MULTITASK_ALGORITHMS if multitask else ALGORITHMS)[name](ctx, hp)
 
 
@@ -172,3 +186,21 @@ def with_reference(alg: Algorithm, ref: Algorithm) -> Algorithm:
                         client_params=wrap(alg.client_params), report=wrap(alg.report),
                         reference_params=lambda state, data, key: ref.client_params(state.reference, data, key),
                         info={**alg.info, "reference": ref.name})
+
+
+def with_clock(alg: Algorithm, durations: Callable[[int, Any, int], Any], cohort: int,
+               server_time: float = 0.0) -> Algorithm:
+    """A synchronous ``alg`` on the virtual clock: each round also reports ``round_time``, the
+    longest job of its cohort plus ``server_time``. ``durations(seed, data, R)`` gives [R, C]
+    per-client job times (`asynchrony.sync_durations`), handed to the rounds as events. The
+    cohort is the one `core.sampling.select_cohort` draws from the round key (or from
+    ``alg.cohort_key(round key)``), as every synchronous algorithm samples."""
+    from fedjax_sim.core.sampling import cohort_ids
+
+    def round_fn(state, data, rin):
+        state, metrics = alg.round(state, data, rin._replace(events=None))
+        key = rin.key if alg.cohort_key is None else alg.cohort_key(rin.key)
+        idx = cohort_ids(key, data.num_clients, cohort)
+        return state, {**metrics, "round_time": jnp.max(rin.events[idx]) + server_time}
+
+    return alg._replace(round=round_fn, events=durations, info={**alg.info, "clock": "synchronous"})

@@ -42,3 +42,10 @@ def require_classification(task, name: str):
     if task.target_kind != "class":
         raise ConfigError("task.name", task.name, f"classification for {name} (it compares class "
                                                   "probabilities of classifier heads)")
+
+
+def job_work(ctx) -> tuple:
+    """(epochs, steps) that `asynchrony.client_work` needs from a `BuildContext`: per-client
+    epochs when set, else the schedule's epochs; fixed steps when the schedule has them."""
+    epochs = ctx.client_epochs if ctx.client_epochs is not None else max(ctx.schedule.epochs, 1)
+    return epochs, (ctx.schedule.num_steps if ctx.schedule.epochs == 0 else 0)

@@ -89,7 +89,8 @@ def make_split_algorithm(name: str, ctx: BuildContext, client_train: Callable, o
 
     info = {"formulation": "materialized", "client_mapping": mapping.strategy,
             "chunk_size": mapping.chunk_size, **(info or {})}
-    return Algorithm(name, init, round_fn, None, client_params, info, report)
+    return Algorithm(name, init, round_fn, None, client_params, info, report,
+                     cohort_key=lambda key: jax.random.split(key)[0])
 
 
 def train_body_and_head(local_train: Callable) -> Callable:

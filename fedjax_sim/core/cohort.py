@@ -57,14 +57,23 @@ def choose_formulation(requested: str, task, layout: DenseLayout | None, optimiz
 
 def make_cohort_train(task, layout: DenseLayout | None, optimizer: OptimizerSpec,
                       schedule: Schedule, max_n: int, mapping: ClientMapping, params_example,
-                      formulation: str = "auto", prox_mu: float = 0.0) -> tuple[Callable, dict]:
+                      formulation: str = "auto", prox_mu: float = 0.0,
+                      shared_base: bool = True) -> tuple[Callable, dict]:
     """Returns (train, info) with ``train(params, data, n [K], keys [K]) -> (deltas, stats)``:
     every client starts from the shared ``params`` and trains on its rows of ``data`` (leaves
     [K, N_max, ...]); ``deltas`` are stacked [K, ...] (kernels may be `LowRankDelta`) and ``stats``
     a [K] `LocalStats`. With ``prox_mu > 0`` the FedProx term mu/2 ||w - params||^2 is added to
     every local loss. ``info``: the formulation and client mapping that were chosen.
+
+    ``shared_base=False``: ``params`` are [K, ...], one starting model per client (asynchronous
+    replay: each arrival trained from its own stale version), always materialized, and each
+    client's deltas and proximal anchor are relative to its own start.
     """
-    form = choose_formulation(formulation, task, layout, optimizer, schedule, params_example)
+    if not shared_base and formulation == "factored":
+        raise ConfigError("local.formulation", "factored",
+                          "auto or materialized for clients that start from different models")
+    form = ("materialized" if not shared_base else
+            choose_formulation(formulation, task, layout, optimizer, schedule, params_example))
     if form == "factored":
         # measured: the factored formulation is fastest under plain vmap on every backend, since
         # its shared GEMMs then see the whole cohort (docs/performance.md)
@@ -83,4 +92,4 @@ def make_cohort_train(task, layout: DenseLayout | None, optimizer: OptimizerSpec
             return jax.tree.map(jnp.subtract, new, params), stats
 
     info = {"formulation": form, "client_mapping": mapping.strategy, "chunk_size": mapping.chunk_size}
-    return mapping.map(one, (None, 0, 0, 0)), info
+    return mapping.map(one, (None if shared_base else 0, 0, 0, 0)), info

@@ -26,6 +26,11 @@ def scatter(tree, idx: jax.Array, values):
     return jax.tree.map(lambda a, v: a.at[idx].set(v), tree, values)
 
 
+def cohort_ids(key: jax.Array, num_clients: int, cohort: int) -> jax.Array:
+    """The ids [K] `select_cohort` draws from round key ``key`` (e.g. to time the round)."""
+    return sample_cohort(jax.random.split(key)[0], num_clients, cohort)
+
+
 def select_cohort(key: jax.Array, data, cohort: int):
     """One round's cohort: (ids [K] int32, per-client keys [K, 2], cohort data (leaves
     [K, N_max, ...]), n [K]). ``data`` is a `FederatedData` (its ``train`` / ``n_train``)."""

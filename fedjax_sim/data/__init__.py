@@ -36,6 +36,7 @@ def describe(data: FederatedData) -> dict:
         "global_test": (int(np.sum(data.global_test["mask"])) if "mask" in data.global_test
                         else data.global_size),
         "num_clusters": num_clusters,
+        "proxy": None if data.proxy is None else int(data.proxy["x"].shape[-1 - len(data.feature_shape)]),
         **({} if data.tasks is None else {"multitask": _describe_tasks(data.tasks)}),
     }
 

@@ -312,8 +312,8 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     partition = resolve_partition(cfg)
     # spawn(k)'s first children do not depend on k: adding the validation stream kept the others
     seed = resolve_seed(cfg, run_seed)
-    streams = np.random.SeedSequence(seed).spawn(5)
-    source_rng, holdout_rng, partition_rng, test_rng, validation_rng = (
+    streams = np.random.SeedSequence(seed).spawn(6)
+    source_rng, holdout_rng, partition_rng, test_rng, validation_rng, proxy_rng = (
         np.random.default_rng(s) for s in streams)
 
     loader = DATASETS[cfg.dataset]
@@ -324,6 +324,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
         feature_shape = tuple(pools.x.shape[1:])
         _check_cluster_source(cfg, len(feature_shape) == 3, not real, f"of shape {list(feature_shape)}")
     check_finite(pools.x, pools.x_test, *((pools.y, pools.y_test) if real else ()))
+    pools, proxy = carve_proxy(pools, getattr(cfg, "proxy_fraction", 0.0), proxy_rng)
     if cfg.num_clients > len(pools.y):
         raise ConfigError("data.num_clients", cfg.num_clients,
                           f"at most {len(pools.y)} (the examples in the {cfg.dataset} train pool)")
@@ -367,11 +368,28 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     data = make_federated(x_train, y_train, n_train, x_ctest, y_ctest, n_test, x_test, y_test,
                           num_classes=int(src.num_classes), target_kind=src.target_kind,
                           name=cfg.dataset, cluster=cluster)
+    if proxy is not None:
+        data = data.replace(proxy=proxy)
     if not return_assignment:
         return data
     if fraction > 0:  # test rows index the train pool here (they are validation rows)
         return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.ids)
     return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.test_ids)
+
+
+def carve_proxy(pools: Pools, fraction: float, rng: np.random.Generator) -> tuple[Pools, Any]:
+    """Holds out a stratified ``fraction`` of the train pool, before any partitioning, as the
+    unlabeled proxy set (FedADT's distillation data, specs/async_kd.md section 2.3): its rows
+    are never given to a client and are disjoint from the test pool. Returns (the remaining
+    pools, ``{"x": [N_p, ...] float32}``), or (pools, None) for ``fraction == 0``."""
+    if fraction <= 0:
+        return pools, None
+    keep, held = stratified_split(pools.strata, fraction, rng, field="data.proxy_fraction")
+    keep = np.sort(keep)
+    sub = lambda a: None if a is None else a[keep]  # noqa: E731
+    rest = pools._replace(x=pools.x[keep], y=pools.y[keep], strata=pools.strata[keep],
+                          groups=sub(pools.groups), ids=pools.ids[keep])
+    return rest, {"x": pools.x[np.sort(held)].astype(np.float32)}
 
 
 def carve_validation(strata: np.ndarray, train_idx: list, fraction: float,

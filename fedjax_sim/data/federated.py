@@ -37,6 +37,8 @@ class FederatedData:
       tasks: static `types.MultiTaskSpec` of multi-task data (``target_kind`` "multi": ``y`` is
         ``{task: [C, N_max]}`` and ``y_mask`` ``{task: [C, N_max] bool}`` marks the rows that carry
         each task), else None.
+      proxy: ``{"x": [N_p, ...]}`` unlabeled rows held out of the train pool before partitioning
+        (``data.proxy_fraction``; ``[S, N_p, ...]`` when stacked), or None.
     """
 
     train: dict
@@ -49,6 +51,7 @@ class FederatedData:
     name: str = flax.struct.field(pytree_node=False, default="")
     cluster: Any = None
     tasks: Any = flax.struct.field(pytree_node=False, default=None)
+    proxy: Any = None
 
     @property
     def num_clients(self) -> int:
@@ -134,7 +137,8 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
     """
     first = datas[0]
     signature = lambda d: (d.num_clients, d.feature_shape, d.target_shape, d.num_classes,
-                           d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None, d.tasks)
+                           d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None, d.tasks,
+                           None if d.proxy is None else d.proxy["x"].shape)
     for d in datas[1:]:
         if signature(d) != signature(first):
             raise ValueError(f"seeds give datasets of different structure: {signature(d)} vs {signature(first)}")
@@ -150,13 +154,13 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
         cluster = None if d.cluster is None else np.asarray(d.cluster)
         return (jax.tree.map(lambda a: _pad_axis(a, 1, n_max), d.train), np.asarray(d.n_train),
                 jax.tree.map(lambda a: _pad_axis(a, 1, m_max), d.test), np.asarray(d.n_test), glob,
-                cluster)
+                cluster, d.proxy)
 
     parts = [padded(d) for d in datas]
-    train, n_train, test, n_test, glob, cluster = jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    train, n_train, test, n_test, glob, cluster, proxy = jax.tree.map(lambda *xs: np.stack(xs), *parts)
     return FederatedData(train, n_train, test, n_test, glob, num_classes=first.num_classes,
                          target_kind=first.target_kind, name=first.name, cluster=cluster,
-                         tasks=first.tasks)
+                         tasks=first.tasks, proxy=proxy)
 
 
 def trial(data: FederatedData, s: int) -> FederatedData:
