@@ -75,6 +75,9 @@ def test_replayed_ring_always_holds_each_arrivals_base_version(k, concurrency):
             held[ev["store"][r]] = r
         np.testing.assert_array_equal(held[ev["slot"][r]], r - ev["staleness"][r])
     assert np.all(ev["staleness"] >= 0)
+    # round r writes the model it produces (version r + 1) where round r + 1 expects it
+    np.testing.assert_array_equal(ev["store_next"][:-1], ev["store"][1:])
+    assert ev["store"][0] == 0 and ev["store_next"][-1] == ring
     finish = t.t_finish[k - 1::k][:40]
     np.testing.assert_allclose(np.cumsum(ev["round_time"].astype(np.float64)), finish + 0.5 * np.arange(1, 41),
                                rtol=1e-5)

@@ -5,8 +5,9 @@ specs/async_kd.md section 2).
 A round is one server update (version r -> r + 1) over the next K arrivals of the seed's event
 schedule (`fedjax_sim.asynchrony`; K = 1 for FedAsync, ``fedbuff.buffer_size`` for FedBuff). Each
 arrival trained from the global version current when it was dispatched; those versions live in a
-ring ``[S, ...]`` on device (S = concurrency + 1), written at the start of each round and read by
-the arrivals' slots, so the K arrivals train together under one vmap from their own bases. The
+ring ``[S, ...]`` on device (S = concurrency + 1; version r + 1 is written at the end of round r),
+read by the arrivals' slots, so the K arrivals train together under one vmap from their own
+bases. The
 aggregators are pure (`aggregators.asynchronous`):
 
 * fedasync: ``chain(rebase(), staleness_weighted(f), mean(), server_optimizer(sgd(alpha)))``,
@@ -40,8 +41,10 @@ from fedjax_sim.errors import ConfigError
 
 class AsyncState(NamedTuple):
     """params: the global model (version r at the start of round r); server: the aggregator's
-    state; ring: [S, ...] global versions still needed by jobs in flight; job_key: the root of
-    every job's PRNG stream (job j trains with ``fold_in(job_key, j)`` however jobs are batched)."""
+    state; ring: [S, ...] global versions still needed by jobs in flight (version r + 1 is
+    written at the end of round r, version 0 at init); job_key: the root of
+    every job's PRNG stream (job j trains with ``fold_in(job_key, j)`` however jobs are batched).
+    ``ring`` has S + 1 rows: row S is scratch (written when no arrival needs the version)."""
 
     params: Any
     server: Any
@@ -171,13 +174,15 @@ def _async_algorithm(ctx: BuildContext, name: str, buffer_size: int, aggregator,
     def init(key, data):
         k_model, k_jobs = jax.random.split(key)
         params = ctx.model.init(k_model)
-        ring_state = jax.tree.map(lambda p: jnp.zeros((ring, *p.shape), p.dtype), params)
+        # version 0 in slot 0; one row more than the planned slots: a scratch row that receives
+        # a version no arrival needs, so the write is always a plain dynamic-update-slice (a
+        # dropped out-of-bounds scatter lowers to a select that copies the whole ring)
+        ring_state = jax.tree.map(lambda p: jnp.zeros((ring + 1, *p.shape), p.dtype).at[0].set(p), params)
         return AsyncState(params, aggregator.init(params), ring_state, k_jobs)
 
     def round_fn(state, data, rin):
         ev = rin.events
-        ring_state = jax.tree.map(lambda r, p: r.at[ev["store"]].set(p, mode="drop"), state.ring, state.params)
-        bases = jax.tree.map(lambda r: r[ev["slot"]], ring_state)  # [K, ...]
+        bases = jax.tree.map(lambda r: r[ev["slot"]], state.ring)  # [K, ...]
         rows, n = gather((data.train, data.n_train), ev["client"])
         keys = jax.vmap(lambda j: jax.random.fold_in(state.job_key, j))(ev["job"])
         deltas, stats = train(bases, rows, n, keys)
@@ -188,6 +193,12 @@ def _async_algorithm(ctx: BuildContext, name: str, buffer_size: int, aggregator,
         k = ev["client"].shape[0]
         params, server, agg_metrics = aggregator.update(deltas, jnp.ones((k,), jnp.float32), state.server,
                                                         state.params, **extras)
+        # the new version goes into its slot at the end of the round: every read of the ring
+        # precedes the write in the dataflow, so XLA updates it in place (writing it at the start
+        # and reading it in the same round copied the whole ring every round: measured 10x slower
+        # at concurrency 200, scripts/bench_async.py)
+        ring_state = jax.tree.map(lambda r, p: jax.lax.dynamic_update_index_in_dim(r, p, ev["store_next"], 0),
+                                  state.ring, params)
         s = ev["staleness"].astype(jnp.float32)
         metrics = {**round_metrics(stats, n), **agg_metrics, "staleness_mean": jnp.mean(s),
                    "staleness_max": jnp.max(s), "round_time": ev["round_time"]}

@@ -98,8 +98,10 @@ def replay_events(trace: Trace, buffer_size: int, rounds: int, ring: int,
                   server_time: float = 0.0) -> dict:
     """The per-round rows the driver scans (`core.driver.RoundInput.events`), all [R, ...]:
 
-    store [R] int32: ring slot that receives the current global model at the start of the
-      round (``ring`` = not needed, the write is dropped);
+    store [R] int32: ring slot of version r, the global model at the start of round r
+      (``ring`` = not needed: a scratch row that no arrival reads); version 0 is always slot 0;
+    store_next [R] int32: ``store`` of round r + 1, where round r writes the model it produces
+      (writing at the end of the round, after every read of the ring, keeps the write in place);
     slot [R, K] int32: ring slot of each arrival's base model;
     client [R, K] int32, job [R, K] int32: who trained, and the job's PRNG stream;
     staleness [R, K] int32: current version minus base version (>= 0);
@@ -131,10 +133,13 @@ def replay_events(trace: Trace, buffer_size: int, rounds: int, ring: int,
             slot_of[r] = free.pop()
             store[r] = slot_of[r]
             releases.setdefault(int(last_use[r]) + 1, []).append(r)
+    if store[0] != 0:
+        raise ValueError("version 0 must be in ring slot 0 (the initial model's)")
     finish = trace.t_finish[:need].reshape(rounds, k)[:, -1]
     round_time = np.diff(np.concatenate([[0.0], finish])) + server_time
     shape = (rounds, k)
     return {"store": store,
+            "store_next": np.append(store[1:], np.int32(ring)).astype(np.int32),
             "slot": slot_of[base].reshape(shape),
             "client": trace.client[:need].reshape(shape).astype(np.int32),
             "job": trace.job[:need].reshape(shape).astype(np.int32),
