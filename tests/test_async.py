@@ -64,6 +64,11 @@ def test_buffer_size_only_relabels_versions_of_the_same_timeline():
     assert asynchrony.staleness_of(t, 3).mean() < asynchrony.staleness_of(t, 1).mean() / 2
 
 
+def finish_half(trace, k):
+    """A time budget that the 40 rounds pass halfway."""
+    return float(trace.t_finish[k * 20 - 1])
+
+
 @pytest.mark.parametrize("k,concurrency", [(1, 4), (3, 4), (2, 7), (5, 2)])
 def test_replayed_ring_always_holds_each_arrivals_base_version(k, concurrency):
     t = _trace(concurrency=concurrency, arrivals=k * 40)
@@ -75,6 +80,9 @@ def test_replayed_ring_always_holds_each_arrivals_base_version(k, concurrency):
             held[ev["store"][r]] = r
         np.testing.assert_array_equal(held[ev["slot"][r]], r - ev["staleness"][r])
     assert np.all(ev["staleness"] >= 0)
+    np.testing.assert_allclose(ev["progress"], np.arange(40) / 40, rtol=1e-6)
+    timed = asynchrony.replay_events(t, k, 40, ring, server_time=0.5, time_budget=finish_half(t, k))
+    assert timed["progress"][0] > 0 and np.all(np.diff(timed["progress"]) >= 0) and timed["progress"][-1] == 1.0
     # round r writes the model it produces (version r + 1) where round r + 1 expects it
     np.testing.assert_array_equal(ev["store_next"][:-1], ev["store"][1:])
     assert ev["store"][0] == 0 and ev["store_next"][-1] == ring

@@ -102,7 +102,8 @@ class FedADTConfig:
     configured by its own section) plus server-side distillation of every stale update toward the
     latest global model on the proxy set (``data.proxy_fraction``).
 
-    lambda_i = lambda(progress) * g(s_i): schedule constant | linear | sigmoid (k, p0) | maturity
+    lambda_i = lambda(progress) * g(s_i), progress = virtual time / clock.time_budget when a budget
+    is set, else round / rounds: schedule constant | linear | sigmoid (k, p0) | maturity
     (the global model's proxy confidence between c0 and c1) up to ``lambda_max``; gate one |
     stale (1[s > 0]) | sqrt (1 - (1+s)^-1/2). ``kd_steps`` SGD steps at ``kd_lr`` (0 = local.lr)
     on proxy batches of ``kd_batch`` at ``temperature``."""
@@ -153,7 +154,7 @@ def schedule_events(ctx: BuildContext, buffer_size: int):
                                                  epochs, steps)
         trace = asynchrony.build_trace(speed, work, concurrency, buffer_size * rounds, clock.noise, rng)
         return asynchrony.replay_events(trace, buffer_size, rounds, asynchrony.ring_size(concurrency),
-                                        clock.server_time)
+                                        clock.server_time, clock.time_budget)
 
     return events
 

@@ -95,7 +95,7 @@ def ring_size(concurrency: int) -> int:
 
 
 def replay_events(trace: Trace, buffer_size: int, rounds: int, ring: int,
-                  server_time: float = 0.0) -> dict:
+                  server_time: float = 0.0, time_budget: float = 0.0) -> dict:
     """The per-round rows the driver scans (`core.driver.RoundInput.events`), all [R, ...]:
 
     store [R] int32: ring slot of version r, the global model at the start of round r
@@ -107,7 +107,8 @@ def replay_events(trace: Trace, buffer_size: int, rounds: int, ring: int,
     staleness [R, K] int32: current version minus base version (>= 0);
     round_time [R] float32: virtual time from the previous server update to this one (the
       arrivals' clock plus ``server_time`` per update);
-    progress [R] float32: r / R (FedADT's training stage).
+    progress [R] float32: FedADT's training stage in [0, 1]: the virtual time of the update over
+      ``time_budget`` when a budget is set (the run stops there), else r / R.
 
     Raises ValueError if the trace has fewer than K * R arrivals or the ring is too small.
     """
@@ -138,6 +139,10 @@ def replay_events(trace: Trace, buffer_size: int, rounds: int, ring: int,
     finish = trace.t_finish[:need].reshape(rounds, k)[:, -1]
     round_time = np.diff(np.concatenate([[0.0], finish])) + server_time
     shape = (rounds, k)
+    if time_budget > 0:
+        progress = np.minimum(np.cumsum(round_time) / time_budget, 1.0)
+    else:
+        progress = np.arange(rounds) / rounds
     return {"store": store,
             "store_next": np.append(store[1:], np.int32(ring)).astype(np.int32),
             "slot": slot_of[base].reshape(shape),
@@ -145,4 +150,4 @@ def replay_events(trace: Trace, buffer_size: int, rounds: int, ring: int,
             "job": trace.job[:need].reshape(shape).astype(np.int32),
             "staleness": (arrival_round - base).reshape(shape).astype(np.int32),
             "round_time": round_time.astype(np.float32),
-            "progress": (np.arange(rounds) / rounds).astype(np.float32)}
+            "progress": progress.astype(np.float32)}
