@@ -347,3 +347,22 @@ def test_bad_async_input_exits_2_naming_field_and_value(args, field, value, tmp_
     assert rc == 2 and len(err) == 1, err
     assert field in err[0] and value in err[0], err[0]
     assert not out.exists()
+
+
+def test_step_at_holds_the_last_evaluation_and_clocked_comparison_plot(tmp_path):
+    from fedjax_sim.report import comparison_plot, step_at
+
+    np.testing.assert_array_equal(step_at([0.0, 2.0, 5.0], [0.1, 0.5, 0.9], [0.0, 1.9, 2.0, 4.0, 7.0]),
+                                  [0.1, 0.1, 0.5, 0.5, 0.9])
+    dirs = []
+    for name, scale in (("fedavg", 3.0), ("fedbuff", 1.0)):  # different rounds per unit of time
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"algorithm": name, "task": {"headline": "accuracy"},
+                                                    "per_seed": [{"seed": s, "status": "ok"} for s in (0, 1)]}))
+        lines = [{"round": r, "seed": s, "virtual_time": scale * r + s, "personalized_accuracy": r / 10}
+                 for s in (0, 1) for r in range(5)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(l) for l in lines))
+        dirs.append(d)
+    comparison_plot(dirs, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
