@@ -5,7 +5,7 @@ specs/async_kd.md section 2).
 A round is one server update (version r -> r + 1) over the next K arrivals of the seed's event
 schedule (`fedjax_sim.asynchrony`; K = 1 for FedAsync, ``fedbuff.buffer_size`` for FedBuff). Each
 arrival trained from the global version current when it was dispatched; those versions live in a
-ring ``[S, ...]`` on device (S = concurrency + 1; version r + 1 is written at the end of round r),
+ring ``[S, ...]`` on device (S = concurrency + 1 planned slots + a scratch row; version r + 1 is written at the end of round r),
 read by the arrivals' slots, so the K arrivals train together under one vmap from their own
 bases. The
 aggregators are pure (`aggregators.asynchronous`):

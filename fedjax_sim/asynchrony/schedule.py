@@ -9,9 +9,9 @@ buffer size K, so FedAsync (K = 1), FedBuff and FedADT replay the same timeline 
 decides which versions the arrivals carry.
 
 `replay_events` turns the first K * R arrivals into R server updates of K arrivals each (round r
-= server update r, version r -> r + 1) and plans a ring of global versions on device: version r is
-written into a ring slot at the start of round r if some arrival trains from it, and its slot is
-freed after the last such arrival. A job's result depends only on (its base version, its client's
+= server update r, version r -> r + 1) and plans a ring of global versions on device: version r
+gets a ring slot if some arrival trains from it (written by the round that produces it, at its
+end), and its slot is freed after the last such arrival. A job's result depends only on (its base version, its client's
 data, its key), so training it when it arrives, from its base in the ring, is exact.
 """
 from __future__ import annotations
