@@ -366,3 +366,26 @@ def test_step_at_holds_the_last_evaluation_and_clocked_comparison_plot(tmp_path)
         dirs.append(d)
     comparison_plot(dirs, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_ring_of_versions_is_updated_in_place():
+    """Structural guard for the replay's cost (no timing): in the compiled rounds, nothing but an
+    in-place dynamic-update-slice produces a ring-shaped array; a copy of the ring per round made
+    the replay 10x slower at high concurrency (docs/performance.md)."""
+    import re
+
+    data = jax.device_put(make_data(train_sizes=(5, 9, 3, 7, 4, 6), test_sizes=(2,) * 6))
+    cfg = tiny_config(algorithm="fedasync", model__hidden=(4,), clock__speed="lognormal", clock__concurrency=5)
+    alg = runner.prepare(cfg, data).algorithm
+    state = alg.init(jax.random.PRNGKey(0), data)
+    rows = alg.info["ring_size"] + 1
+    events = jax.tree.map(jnp.asarray, alg.events(0, data, 4))
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    inputs = RoundInput(keys, jnp.arange(4, dtype=jnp.int32), jnp.ones(4, bool), events)
+    scan = jax.jit(lambda s, d, i: jax.lax.scan(lambda c, r: alg.round(c, d, r), s, i), donate_argnums=0)
+    text = scan.lower(state, data, inputs).compile().as_text()
+    made = [l.strip() for l in text.splitlines() if re.search(rf"= f32\[{rows},", l)]
+    assert made, "the ring was not found in the compiled program"
+    # allowed: the DUS itself (or a fusion rooted in it), loop parameters and tuple plumbing
+    bad = [l for l in made if not re.search(r"dynamic[-_]update[-_]slice|parameter\(|get-tuple-element\(", l)]
+    assert not bad, bad[:3]
