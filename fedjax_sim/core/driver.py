@@ -51,14 +51,17 @@ def make_block(round_fn: Callable, state_example, data, input_example: RoundInpu
     """Returns ``block(state, data, inputs: RoundInput [L]) -> (state, metrics [L])``.
 
     ``input_example`` is one round's input (no leading axis). Inactive rounds leave the state
-    unchanged and return zeros for their metrics.
+    unchanged and return zeros for their metrics. Each round sees ``data.at_round(index)`` (a
+    staged data schedule such as FedGC's generated-first phase changes only ``n_train``, so any
+    algorithm runs on it unchanged and nothing recompiles).
     """
     _, metrics_shape = jax.eval_shape(round_fn, state_example, data, input_example)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
 
     def block(state, data, inputs):
         def body(state, rin):
-            return jax.lax.cond(rin.active, lambda s: round_fn(s, data, rin), lambda s: (s, zeros), state)
+            seen = data.at_round(rin.index) if hasattr(data, "at_round") else data
+            return jax.lax.cond(rin.active, lambda s: round_fn(s, seen, rin), lambda s: (s, zeros), state)
 
         return jax.lax.scan(body, state, inputs)
 

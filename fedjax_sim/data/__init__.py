@@ -37,6 +37,10 @@ def describe(data: FederatedData) -> dict:
                         else data.global_size),
         "num_clusters": num_clusters,
         "proxy": None if data.proxy is None else int(data.proxy["x"].shape[-1 - len(data.feature_shape)]),
+        "public": None if data.public is None else int(np.shape(data.public["y"])[-1]),
+        # FedGC: generated rows per client (train_per_client counts real + generated)
+        **({"generated_per_client": _stats(np.asarray(data.train["generated"]).sum(-1))}
+           if "generated" in data.train else {}),
         **({} if data.tasks is None else {"multitask": _describe_tasks(data.tasks)}),
     }
 

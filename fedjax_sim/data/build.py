@@ -55,6 +55,8 @@ class Assignment(NamedTuple):
       train_source_ids: [n] int64 source-level id of each train-pool row.
       test_source_ids: [T] int64 source-level id of each test-pool row; ``data.global_test`` row t
         is test-pool row t.
+      public_source_ids: [P] int64 source-level ids of the labeled public split
+        (``data.public_fraction``, `FederatedData.public`) in its row order; empty without one.
 
     Source-level ids number the source's rows once: for a source without a test split (digits,
     diabetes) the row in the loaded dataset; with one (TFDS, synthetic) train rows 0..n-1, then
@@ -65,6 +67,7 @@ class Assignment(NamedTuple):
     test: list
     train_source_ids: np.ndarray
     test_source_ids: np.ndarray
+    public_source_ids: np.ndarray = np.zeros(0, np.int64)
 
     def client_train_ids(self, c: int) -> np.ndarray:
         return self.train_source_ids[self.train[c]]
@@ -312,8 +315,8 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     partition = resolve_partition(cfg)
     # spawn(k)'s first children do not depend on k: adding the validation stream kept the others
     seed = resolve_seed(cfg, run_seed)
-    streams = np.random.SeedSequence(seed).spawn(6)
-    source_rng, holdout_rng, partition_rng, test_rng, validation_rng, proxy_rng = (
+    streams = np.random.SeedSequence(seed).spawn(7)
+    source_rng, holdout_rng, partition_rng, test_rng, validation_rng, proxy_rng, public_rng = (
         np.random.default_rng(s) for s in streams)
 
     loader = DATASETS[cfg.dataset]
@@ -325,6 +328,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
         _check_cluster_source(cfg, len(feature_shape) == 3, not real, f"of shape {list(feature_shape)}")
     check_finite(pools.x, pools.x_test, *((pools.y, pools.y_test) if real else ()))
     pools, proxy = carve_proxy(pools, getattr(cfg, "proxy_fraction", 0.0), proxy_rng)
+    pools, public, public_ids = carve_public(pools, getattr(cfg, "public_fraction", 0.0), public_rng)
     if cfg.num_clients > len(pools.y):
         raise ConfigError("data.num_clients", cfg.num_clients,
                           f"at most {len(pools.y)} (the examples in the {cfg.dataset} train pool)")
@@ -370,11 +374,24 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
                           name=cfg.dataset, cluster=cluster)
     if proxy is not None:
         data = data.replace(proxy=proxy)
+    if public is not None:
+        data = data.replace(public=public)
     if not return_assignment:
         return data
     if fraction > 0:  # test rows index the train pool here (they are validation rows)
-        return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.ids)
-    return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.test_ids)
+        return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.ids, public_ids)
+    return data, Assignment(list(train_idx), list(test_idx), pools.ids, pools.test_ids, public_ids)
+
+
+def _hold_out(pools: Pools, fraction: float, rng: np.random.Generator, field: str):
+    """(the pools without a stratified ``fraction`` of the train pool, the held-out train-pool
+    indices, sorted)."""
+    keep, held = stratified_split(pools.strata, fraction, rng, field=field)
+    keep = np.sort(keep)
+    sub = lambda a: None if a is None else a[keep]  # noqa: E731
+    rest = pools._replace(x=pools.x[keep], y=pools.y[keep], strata=pools.strata[keep],
+                          groups=sub(pools.groups), ids=pools.ids[keep])
+    return rest, np.sort(held)
 
 
 def carve_proxy(pools: Pools, fraction: float, rng: np.random.Generator) -> tuple[Pools, Any]:
@@ -384,12 +401,21 @@ def carve_proxy(pools: Pools, fraction: float, rng: np.random.Generator) -> tupl
     pools, ``{"x": [N_p, ...] float32}``), or (pools, None) for ``fraction == 0``."""
     if fraction <= 0:
         return pools, None
-    keep, held = stratified_split(pools.strata, fraction, rng, field="data.proxy_fraction")
-    keep = np.sort(keep)
-    sub = lambda a: None if a is None else a[keep]  # noqa: E731
-    rest = pools._replace(x=pools.x[keep], y=pools.y[keep], strata=pools.strata[keep],
-                          groups=sub(pools.groups), ids=pools.ids[keep])
-    return rest, {"x": pools.x[np.sort(held)].astype(np.float32)}
+    rest, held = _hold_out(pools, fraction, rng, "data.proxy_fraction")
+    return rest, {"x": pools.x[held].astype(np.float32)}
+
+
+def carve_public(pools: Pools, fraction: float, rng: np.random.Generator):
+    """Holds out a stratified ``fraction`` of the train pool (after the proxy set, before any
+    partitioning) as the LABELED public split a generator is fitted on (FedGC,
+    specs/fedgc.md section 5.1: "pretrained elsewhere", disjoint from every client's data and
+    from the test set). Returns (the remaining pools, ``{"x": [P, ...] float32, "y": [P]}``,
+    [P] int64 source ids of its rows), or (pools, None, empty ids) for ``fraction == 0``."""
+    if fraction <= 0:
+        return pools, None, np.zeros(0, np.int64)
+    rest, held = _hold_out(pools, fraction, rng, "data.public_fraction")
+    ydtype = np.int32 if np.issubdtype(pools.y.dtype, np.integer) else np.float32
+    return rest, {"x": pools.x[held].astype(np.float32), "y": pools.y[held].astype(ydtype)}, pools.ids[held]
 
 
 def carve_validation(strata: np.ndarray, train_idx: list, fraction: float,

@@ -39,6 +39,14 @@ class FederatedData:
         each task), else None.
       proxy: ``{"x": [N_p, ...]}`` unlabeled rows held out of the train pool before partitioning
         (``data.proxy_fraction``; ``[S, N_p, ...]`` when stacked), or None.
+      public: ``{"x": [P, ...], "y": [P]}`` labeled rows held out of the train pool before
+        partitioning (``data.public_fraction``): the split a generator is fitted on (FedGC), never
+        any client's data, never test data; ``[S, P, ...]`` when stacked; or None.
+      n_early: [C] int32 valid training rows during the first ``early_rounds`` rounds (a staged
+        data schedule: FedGC's gen_first / real_first / gen_only / real_only strategies order each
+        client's rows so that the early phase trains on a prefix of them), or None. `at_round`
+        applies it; with it, ``train["generated"]`` [C, N_max] bool marks generated rows.
+      early_rounds: static number of rounds that use ``n_early``.
     """
 
     train: dict
@@ -52,6 +60,18 @@ class FederatedData:
     cluster: Any = None
     tasks: Any = flax.struct.field(pytree_node=False, default=None)
     proxy: Any = None
+    public: Any = None
+    n_early: Any = None
+    early_rounds: int = flax.struct.field(pytree_node=False, default=0)
+
+    def at_round(self, index):
+        """The data round ``index`` ([] int, traced) trains on: ``n_train`` replaced by
+        ``n_early`` while ``index < early_rounds`` (itself when there is no staged schedule)."""
+        if self.n_early is None or self.early_rounds <= 0:
+            return self
+        import jax.numpy as jnp
+
+        return self.replace(n_train=jnp.where(index < self.early_rounds, self.n_early, self.n_train))
 
     @property
     def num_clients(self) -> int:
@@ -138,7 +158,9 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
     first = datas[0]
     signature = lambda d: (d.num_clients, d.feature_shape, d.target_shape, d.num_classes,
                            d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None, d.tasks,
-                           None if d.proxy is None else d.proxy["x"].shape)
+                           None if d.proxy is None else d.proxy["x"].shape,
+                           None if d.public is None else d.public["x"].shape, d.n_early is None,
+                           d.early_rounds)
     for d in datas[1:]:
         if signature(d) != signature(first):
             raise ValueError(f"seeds give datasets of different structure: {signature(d)} vs {signature(first)}")
@@ -154,13 +176,15 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
         cluster = None if d.cluster is None else np.asarray(d.cluster)
         return (jax.tree.map(lambda a: _pad_axis(a, 1, n_max), d.train), np.asarray(d.n_train),
                 jax.tree.map(lambda a: _pad_axis(a, 1, m_max), d.test), np.asarray(d.n_test), glob,
-                cluster, d.proxy)
+                cluster, d.proxy, d.public, None if d.n_early is None else np.asarray(d.n_early))
 
     parts = [padded(d) for d in datas]
-    train, n_train, test, n_test, glob, cluster, proxy = jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    train, n_train, test, n_test, glob, cluster, proxy, public, n_early = jax.tree.map(
+        lambda *xs: np.stack(xs), *parts)
     return FederatedData(train, n_train, test, n_test, glob, num_classes=first.num_classes,
                          target_kind=first.target_kind, name=first.name, cluster=cluster,
-                         tasks=first.tasks, proxy=proxy)
+                         tasks=first.tasks, proxy=proxy, public=public, n_early=n_early,
+                         early_rounds=first.early_rounds)
 
 
 def trial(data: FederatedData, s: int) -> FederatedData:
