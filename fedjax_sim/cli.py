@@ -19,7 +19,7 @@ DEFAULT_ALGORITHMS = "fedavg,local"
 RUN_FLAGS = {  # flag -> config field
     "algorithm": "algorithm", "dataset": "data.dataset", "partition": "data.partition",
     "clients": "data.num_clients", "rounds": "rounds", "seed": "seed", "cohort": "cohort",
-    "trials": "trials",
+    "trials": "trials", "generative": "generative",
 }
 
 
@@ -86,6 +86,9 @@ def _common_run_args(r, out: bool = True) -> None:
     r.add_argument("--seeds", help="several seeds: a count N (seeds SEED..SEED+N-1) or a list, e.g. "
                                    "10 or 0,3,7; each varies the partition, initialization and every "
                                    "sampled key, and they run as one vmapped program where shapes allow")
+    r.add_argument("--generative", help="a data stage before training: none (default) or fedgc "
+                                        "(clients augment their data once with a generator fitted on "
+                                        "data.public_fraction; any algorithm then trains on it)")
     r.add_argument("--trials", help="how seeds and grid points run: auto (default), vmap, sequential")
     r.add_argument("--preset", help="a paper's setting, applied before --config, flags and --set "
                                     "(fedjax-sim list names them)")
@@ -201,17 +204,21 @@ def _algorithm_list(a, cfg, default: str) -> list[str]:
 class _DataCache:
     """Every seed's data built once per data config, shared by the runs that use it."""
 
-    def __init__(self):
-        self.built: dict[str, list] = {}
+    def __init__(self, progress: bool = False):
+        self.built: dict[str, tuple] = {}
+        self.progress = progress  # the data stage's own bars (FedGC's VAE training)
 
     def prepare(self, group):
         from fedjax_sim import config as config_lib
         from fedjax_sim import trials
 
-        key = json.dumps([config_lib.to_dict(group.configs[0])["data"], group.seeds])
-        pg = trials.prepare_group(group, self.built.get(key))
+        first = config_lib.to_dict(group.configs[0])
+        stage = [first["generative"], first["fedgc"], first["rounds"]] if first["generative"] != "none" else []
+        key = json.dumps([first["data"], stage, group.seeds])
+        datas, stats = self.built.get(key, (None, None))
+        pg = trials.prepare_group(group, datas, stats=stats, progress=self.progress)
         # vmap mode pads every seed to the set's lengths: harmless to reuse (padding-invariant)
-        self.built.setdefault(key, [row[0].data for row in pg.preps])
+        self.built.setdefault(key, ([row[0].data for row in pg.preps], [row[0].data_stats for row in pg.preps]))
         return pg
 
 
@@ -244,7 +251,7 @@ def cmd_run(a) -> int:
         groups.append(trials.Group([c], [out], seeds, ()))
     if len(algorithms) > 1 and any(Path(base_out, f).exists() for f in ("results.md", "comparison.png")):
         raise ConfigError("--out", base_out, "a new directory (it holds an earlier comparison's results.md)")
-    cache = _DataCache()
+    cache = _DataCache(progress=not a.no_progress)
     prepared = [cache.prepare(g) for g in groups]
     summaries = []
     for pg in prepared:
@@ -327,7 +334,7 @@ def cmd_sweep(a) -> int:
             runner.check_out_dir(out)
             config_lib.validate(pc)
         plans[name] = ([p for p, _ in points], trials.plan([pc for _, pc in points], outs, seeds))
-    cache = _DataCache()
+    cache = _DataCache(progress=not a.no_progress)
     prepared = {name: [cache.prepare(g) for g in groups] for name, (_, groups) in plans.items()}
     for pgs in prepared.values():
         sweep.check_select(a.select, pgs[0].preps[0][0])

@@ -86,6 +86,10 @@ class DataConfig:
     # dropped, as an unlabeled proxy set (`FederatedData.proxy`, FedADT's distillation data):
     # never any client's data, never test data
     proxy_fraction: float = 0.0
+    # > 0: this stratified share of the train pool (after the proxy set) is held out before
+    # partitioning, WITH labels, as the public split a generator is fitted on
+    # (`FederatedData.public`; --generative fedgc): never any client's data, never test data
+    public_fraction: float = 0.0
     data_dir: str = ""  # TFDS data_dir; "" = TFDS default
     seed: int = -1  # partition seed; -1 = the run seed
 
@@ -164,6 +168,68 @@ SPEEDS = ("none", "constant", "lognormal", "exponential")
 
 
 @dataclasses.dataclass
+class FedGCConfig:
+    """FedGC's data stage (``--generative fedgc``; `fedjax_sim.generative`, specs/fedgc.md). Tags:
+    [V] verified from the paper's public text, [D] this project's design.
+
+    Budget (section 2.1): ``budget`` b >= 0 generates M = round(b * total real rows) samples
+    (Table 2 [V]: more helps); ``client_allocation`` splits M over clients: ``equal`` (M / K each,
+    "the same amount for each client" [V]), ``proportional`` (b * n_k each), ``inverse_size``
+    (proportional to 1 / n_k); ``allocation`` splits each client's share over classes: ``equal``,
+    ``inverse`` (fill every class up to the client's largest: missing classes get most),
+    ``inverse_pow`` ((n + 1) ** -gamma), ``mixed`` (rho * equal + (1 - rho) * inverse).
+    Prompt design (2.2): ``single`` | ``multiple`` (``prompts`` templates per class [V]) | ``llm``.
+    Guidance (2.3): ``prompt`` (no private data) | ``real`` (a private row, no class prompt) |
+    ``both`` (the paper's proposal [V]): SDEdit ``strength`` in [0, 1], ``cfg_weight``,
+    ``temperature``. Generator quality [D]: ``domain_gap``, ``label_noise``.
+    Training strategy (2.4): ``mixed`` [V] | ``gen_first`` | ``real_first`` (the first
+    ``strategy_rounds`` rounds, 0 = half the run, on one kind only) | ``gen_only`` | ``real_only``
+    (controls). ``filter`` [D, optional]: ``none`` | ``reference`` (a classifier fitted on the
+    public split) | ``local`` (each client's classifier on its real rows) keeps rows whose label
+    it predicts (probability >= ``filter_threshold`` when > 0).
+    """
+
+    generator: str = "gmm"  # gmm | vae | real (held-out real rows: best case) | noise (worst case)
+    budget: float = 1.0
+    client_allocation: str = "equal"
+    allocation: str = "equal"
+    gamma: float = 1.0
+    rho: float = 0.5
+    prompt: str = "multiple"
+    prompts: int = 4
+    guidance: str = "both"
+    strength: float = 0.5
+    cfg_weight: float = 0.0
+    temperature: float = 1.0
+    domain_gap: float = 0.0
+    label_noise: float = 0.0
+    strategy: str = "mixed"
+    strategy_rounds: int = 0
+    filter: str = "none"
+    filter_threshold: float = 0.0
+    components: int = 8  # prompt modes S per class (gmm components; vae latent modes)
+    vae_steps: int = 2000
+    vae_latent: int = 8
+    # a generator file written by an earlier run (<run>/generators/*.msgpack): reused instead of
+    # fitting; refused when it was fitted on rows this run gives to clients or tests
+    generator_path: str = ""
+    cache_dir: str = ""  # where fitted generators are cached; "" = <run>/generators
+
+
+# the named options of the fedgc section (`fedjax_sim.generative` implements each)
+FEDGC_CHOICES = {
+    "generator": ("gmm", "vae", "real", "noise"),
+    "client_allocation": ("equal", "proportional", "inverse_size"),
+    "allocation": ("equal", "inverse", "inverse_pow", "mixed"),
+    "prompt": ("single", "multiple", "llm"),
+    "guidance": ("prompt", "real", "both"),
+    "strategy": ("mixed", "gen_first", "real_first", "gen_only", "real_only"),
+    "filter": ("none", "reference", "local"),
+}
+MAX_BUDGET = 100.0  # generated rows per real row; more is a typo, not an experiment
+
+
+@dataclasses.dataclass
 class TaskConfig:
     """What is learned. ``auto``: classification for class labels, regression_mse for real targets."""
 
@@ -224,6 +290,10 @@ class Config:
     local: LocalConfig = dataclasses.field(default_factory=LocalConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     clock: ClockConfig = dataclasses.field(default_factory=ClockConfig)
+    # none | fedgc: a data stage before training (FedGC: clients augment their data once with a
+    # generator fitted on data.public_fraction; any algorithm then trains on it)
+    generative: str = "none"
+    fedgc: FedGCConfig = dataclasses.field(default_factory=FedGCConfig)
     sections: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __getattr__(self, name):  # only reached when normal lookup fails
@@ -489,10 +559,45 @@ def validate(cfg: Config) -> None:
           "a finite number >= 0")
     check(k.time_budget >= 0 and math.isfinite(k.time_budget), "clock.time_budget", k.time_budget,
           "a finite number >= 0 (0 = run all rounds)")
+    check(0 <= d.public_fraction < 1, "data.public_fraction", d.public_fraction,
+          "a number in [0, 1) (0 = no public split)")
+    check(d.proxy_fraction + d.public_fraction < 1, "data.public_fraction", d.public_fraction,
+          f"a number below 1 - data.proxy_fraction={d.proxy_fraction} (the clients need rows)")
+    check(cfg.generative in ("none", "fedgc"), "generative", cfg.generative, "none or fedgc")
+    validate_fedgc(cfg.fedgc)
     for name in sorted(SECTIONS):
         section = getattr(cfg, name)
         if hasattr(section, "validate"):
             section.validate()
+
+
+def validate_fedgc(g: FedGCConfig) -> None:
+    """Range and name checks of the ``fedgc`` section (checked whether or not FedGC is on, so a
+    typo never waits for the day it is switched on)."""
+    for name, allowed in FEDGC_CHOICES.items():
+        value = getattr(g, name)
+        check(value in allowed, f"fedgc.{name}", value, "one of " + ", ".join(allowed))
+    check(math.isfinite(g.budget) and 0 <= g.budget <= MAX_BUDGET, "fedgc.budget", g.budget,
+          f"a finite number in [0, {MAX_BUDGET:g}] (generated rows per real row; 0 = plain training)")
+    check(math.isfinite(g.gamma) and g.gamma >= 0, "fedgc.gamma", g.gamma, "a finite number >= 0")
+    check(0 <= g.rho <= 1, "fedgc.rho", g.rho, "a number in [0, 1]")
+    check(g.components >= 1, "fedgc.components", g.components, "an integer >= 1")
+    check(1 <= g.prompts <= g.components, "fedgc.prompts", g.prompts,
+          f"an integer in [1, fedgc.components={g.components}]")
+    check(0 <= g.strength <= 1, "fedgc.strength", g.strength, "a number in [0, 1]")
+    check(math.isfinite(g.cfg_weight) and g.cfg_weight >= 0, "fedgc.cfg_weight", g.cfg_weight,
+          "a finite number >= 0")
+    check(math.isfinite(g.temperature) and g.temperature > 0, "fedgc.temperature", g.temperature,
+          "a finite number > 0")
+    check(math.isfinite(g.domain_gap) and g.domain_gap >= 0, "fedgc.domain_gap", g.domain_gap,
+          "a finite number >= 0 (in units of the public split's per-feature std)")
+    check(0 <= g.label_noise <= 1, "fedgc.label_noise", g.label_noise, "a number in [0, 1]")
+    check(g.strategy_rounds >= 0, "fedgc.strategy_rounds", g.strategy_rounds,
+          "an integer >= 0 (0 = half the run)")
+    check(0 <= g.filter_threshold < 1, "fedgc.filter_threshold", g.filter_threshold,
+          "a number in [0, 1) (0 = the predicted class must be the label)")
+    check(g.vae_steps >= 1, "fedgc.vae_steps", g.vae_steps, "an integer >= 1")
+    check(g.vae_latent >= 1, "fedgc.vae_latent", g.vae_latent, "an integer >= 1")
 
 
 MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment

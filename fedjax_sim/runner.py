@@ -32,6 +32,27 @@ class Prepared(NamedTuple):
     schedule: Schedule
     mapping: ClientMapping
     algorithm: Algorithm
+    data_stats: dict | None = None  # the data stage's statistics (FedGC), or None
+
+
+def build_data(cfg: config_lib.Config, seed: int, progress: bool = False):
+    """(data, stats): seed ``seed``'s `FederatedData` (numpy) after the data stage of
+    ``cfg.generative`` (``fedgc``: `generative.augment`, stats = its per-seed statistics; ``none``:
+    the built data as is, stats None)."""
+    from fedjax_sim.data import MULTITASK_SOURCES, build_federated, resolve_seed
+
+    if cfg.generative == "none":
+        return build_federated(cfg.data, seed), None
+    if cfg.data.dataset in MULTITASK_SOURCES:
+        raise ConfigError("generative", cfg.generative, f"none for data.dataset={cfg.data.dataset} "
+                                                        "(FedGC generates class-conditional samples)")
+    from fedjax_sim import generative
+
+    data, assignment = build_federated(cfg.data, seed, return_assignment=True)
+    client_ids = np.concatenate([assignment.train_source_ids, assignment.test_source_ids])
+    cache = cfg.fedgc.cache_dir or (str(Path(cfg.out) / "generators") if cfg.out else None)
+    return generative.augment(data, cfg.fedgc, cfg.rounds, resolve_seed(cfg.data, seed),
+                              assignment.public_source_ids, client_ids, cache, progress)
 
 
 def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
@@ -117,17 +138,18 @@ def client_epochs(cfg: config_lib.Config, data):
 def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     """Validates ``cfg`` and builds data, task, model, optimizers and algorithm (host side,
     nothing compiled). ``data`` may be given (a `FederatedData`) to skip building it."""
-    from fedjax_sim.data import build_federated, validate_data_config
+    from fedjax_sim.data import validate_data_config
 
     from fedjax_sim.algorithms import check_data_kind
     from fedjax_sim.data import MULTITASK_SOURCES
 
     config_lib.validate(cfg)
     check_name(cfg.algorithm)
+    stats = None
     if data is None:
         validate_data_config(cfg.data)
         check_data_kind(cfg.algorithm, cfg.data.dataset in MULTITASK_SOURCES, cfg.data.dataset)
-        data = build_federated(cfg.data, cfg.seed)
+        data, stats = build_data(cfg, cfg.seed)
     if cfg.cohort > data.num_clients:
         raise ConfigError("cohort", cfg.cohort, f"at most the number of clients ({data.num_clients})")
     model = _build_model(cfg, data)
@@ -137,7 +159,7 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs if epochs is None else int(epochs.max()),
                              loc.steps)
     mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
-    prep = Prepared(cfg, data, model, task, schedule, mapping, None)
+    prep = Prepared(cfg, data, model, task, schedule, mapping, None, stats)
     alg = make_algorithm(prep, cfg, check=True)
     if alg.info.get("needs_proxy"):
         proxy = getattr(data, "proxy", None)
@@ -281,7 +303,8 @@ def run(cfg: config_lib.Config, progress: bool = True, data=None, prep: Prepared
         raise ValueError("a given `prep` or `data` holds one seed's data; leave it out for several seeds")
     group = trials.Group([with_out(cfg, out)], [out], seeds, ())
     pg = trials.prepare_group(group, None if data is None else [data],
-                              None if prep is None else [[prep._replace(config=with_out(cfg, out))]])
+                              None if prep is None else [[prep._replace(config=with_out(cfg, out))]],
+                              progress=progress)
     summary = trials.run_group(pg, progress)[0]
     trials.raise_if_diverged([summary])
     return summary

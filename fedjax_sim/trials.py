@@ -34,6 +34,7 @@ import numpy as np
 from fedjax_sim import config as config_lib
 from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
+from fedjax_sim.core.privacy import membership_inference
 from fedjax_sim.errors import ConfigError, DivergedError
 
 MODES = ("auto", "vmap", "sequential")
@@ -117,21 +118,26 @@ def choose_mode(requested: str, num_trials: int, datas) -> tuple[str, str]:
     return "vmap", f"{num_trials} trials share one program"
 
 
-def prepare_group(group: Group, datas: list | None = None, preps: list | None = None) -> PreparedGroup:
-    """Builds every seed's data and validates every trial's config (host side, nothing compiles).
+def prepare_group(group: Group, datas: list | None = None, preps: list | None = None,
+                  stats: list | None = None, progress: bool = False) -> PreparedGroup:
+    """Builds every seed's data (`runner.build_data`, the data stage included) and validates every
+    trial's config (host side, nothing compiles).
 
-    ``datas`` [S] may be given (one `FederatedData` per seed) to skip building them; ``preps``
-    ([S][G] `runner.Prepared`) to skip preparing (a single run's own `Prepared`).
+    ``datas`` [S] may be given (one `FederatedData` per seed) to skip building them, with their
+    data-stage ``stats`` [S]; ``preps`` ([S][G] `runner.Prepared`) to skip preparing (a single
+    run's own `Prepared`). ``progress``: the data stage may show a progress bar.
     """
     from fedjax_sim import runner
-    from fedjax_sim.data import build_federated, stack_trials, validate_data_config
+    from fedjax_sim.data import stack_trials, validate_data_config
     from fedjax_sim.data.federated import trial
 
     first = group.configs[0]
     config_lib.validate(first)
+    stats = list(stats) if stats is not None else [None] * len(group.seeds)
     if datas is None:
         validate_data_config(first.data)
-        datas = [build_federated(first.data, s) for s in group.seeds]
+        built = [runner.build_data(first, s, progress) for s in group.seeds]
+        datas, stats = [b[0] for b in built], [b[1] for b in built]
     mode, reason = choose_mode(first.trials, len(group.seeds) * len(group.configs), datas)
 
     def seeded(cfg, s):
@@ -145,12 +151,12 @@ def prepare_group(group: Group, datas: list | None = None, preps: list | None = 
         for c in group.configs:  # the trial axis multiplies every client chunk: shrink the default
             if c.chunk_size == 0 and chunk:
                 c.chunk_size = chunk
-        preps = [[runner.prepare(seeded(c, s), trial(stacked, i)) for c in group.configs]
-                 for i, s in enumerate(group.seeds)]
+        preps = [[runner.prepare(seeded(c, s), trial(stacked, i))._replace(data_stats=stats[i])
+                  for c in group.configs] for i, s in enumerate(group.seeds)]
         return PreparedGroup(group, mode, reason, preps, stacked)
     if preps is None:
-        preps = [[runner.prepare(seeded(c, s), d) for c in group.configs]
-                 for s, d in zip(group.seeds, datas)]
+        preps = [[runner.prepare(seeded(c, s), d)._replace(data_stats=st) for c in group.configs]
+                 for s, d, st in zip(group.seeds, datas, stats)]
     return PreparedGroup(group, mode, reason, preps, None)
 
 
@@ -181,6 +187,7 @@ class _Program(NamedTuple):
     evaluate: Any
     report: Any
     hp: dict
+    privacy: Any = None
 
 
 def _program(prep, swept: tuple, configs: list, axes: _Axes) -> _Program:
@@ -210,12 +217,29 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes) -> _Program:
     def report(h, state):
         return assemble(h).report(state)
 
+    def privacy(h, state, data, key):
+        """The loss-based membership-inference attack on the final models (`core.privacy`):
+        ``mia_*`` on the global model, ``mia_*_personalized`` on each client's own model."""
+        alg = assemble(h)
+        task = alg.task or prep.task
+        mapping = prep.mapping.resolved()
+        out = {}
+        if alg.global_params is not None:
+            r = membership_inference(task.metrics, alg.global_params(state), data, False, mapping)
+            out.update(mia_auc=r["mia_auc"], mia_balanced_accuracy=r["mia_balanced_accuracy"])
+        if alg.client_params is not None:
+            r = membership_inference(task.metrics, alg.client_params(state, data, key), data, True, mapping)
+            out.update(mia_auc_personalized=r["mia_auc"],
+                       mia_balanced_accuracy_personalized=r["mia_balanced_accuracy"])
+        return out
+
+    attack = prep.task.target_kind != "multi"
     return _Program(
         jax.jit(_wrap(init, ("hp", "seed", "seed"), axes)),
         jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1),
         jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes)),
         None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes)),
-        hp)
+        hp, jax.jit(_wrap(privacy, ("hp", "trial", "seed", "seed"), axes)) if attack else None)
 
 
 def _seed_keys(seed: int):
@@ -376,6 +400,19 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                 for j in range(G):
                     trials[i][j].report = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j]))
                                            for k, v in rep.items()}
+        if program.privacy is not None:
+            fold = lambda k: jax.random.fold_in(k, cfg.rounds + 1)  # noqa: E731
+            key = jax.vmap(fold)(k_eval) if axes.seeds else fold(k_eval)
+            mia = _lead(program.privacy(program.hp, state, data, key), axes)
+            for i in range(S):
+                for j in range(G):
+                    if trials[i][j].status == "ok":
+                        trials[i][j].report.update({k: float(v[i, j]) for k, v in mia.items()})
+        for i in range(S):  # the data stage's per-seed statistics (FedGC: fidelity, diversity, ...)
+            stats = getattr(preps_by_seed[i][0], "data_stats", None) or {}
+            for j in range(G):
+                trials[i][j].report.update({f"fedgc_{k}": v for k, v in stats.items()
+                                            if isinstance(v, (int, float))})
         if cfg.checkpoint:
             st = _lead(state, axes)
             for i, s in enumerate(seeds):

@@ -373,6 +373,7 @@ FLOORS = {
     "models": {"errors", "types", "models"}, "aggregators": {"errors", "types", "aggregators"},
     "asynchrony": {"errors", "types", "asynchrony"},
     "core": {"errors", "types", "tasks", "core"},
+    "generative": {"errors", "types", "config", "data", "models", "generative"},
     "algorithms": {"errors", "types", "config", "core", "aggregators", "models", "tasks", "asynchrony",
                    "algorithms"},
 }
