@@ -191,6 +191,43 @@ def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: boo
             + ([] if progress else ["--no-progress"]), ok=(0, 3))  # 3: seeds diverged, reported
 
 
+def ablations(spec: dict) -> dict:
+    """method name -> the tuned method it ablates (``ablation_of`` in an experiment's methods):
+    its config is that method's selected config with the ablation's fields changed; it is not
+    tuned itself (an ablation holds the tuned method fixed and varies one component)."""
+    return {m["name"]: m["ablation_of"] for m in spec["methods"] if isinstance(m, dict) and "ablation_of" in m}
+
+
+def run_setting(spec: dict, setting: dict, runs_dir: Path, progress: bool) -> None:
+    """One experiment setting end to end: `tune` and `final` for every method that is not an
+    ablation, then each ablation (`ablations`) on the final seeds from its tuned method's
+    selected config with its own ``set`` values applied (dotted fields, or top-level ones such as
+    ``generative``). Every step is skipped when its result exists."""
+    abl = ablations(spec)
+    every = [Method.parse(m) for m in spec["methods"]]
+    methods = [m for m in every if m.name not in abl]
+    tune(base_config(setting), methods, {**spec["tune"], "grid": spec["grid"]}, runs_dir, progress)
+    select = spec["tune"].get("select")
+    final(methods, spec["seeds"], runs_dir, progress, select)
+    chosen = selection(methods, runs_dir, select)
+    for method in every:
+        out = runs_dir / "final" / method.name
+        if method.name not in abl or (out / "summary.json").exists():
+            continue
+        cfg = json.loads(json.dumps(chosen[abl[method.name]].best_config))
+        for key, value in method.values.items():
+            if "." in key:
+                section, field = key.split(".", 1)
+                cfg[section][field] = value
+            else:
+                cfg[key] = value
+        path = runs_dir / "final" / f"{method.name}.config.json"
+        path.write_text(json.dumps(cfg, indent=2))
+        _fresh(out, "summary.json")
+        cli(["run", "--config", str(path), "--seeds", ",".join(map(str, spec["seeds"])), "--out", str(out)]
+            + ([] if progress else ["--no-progress"]), ok=(0, 3))
+
+
 def collect(methods: list[Method], runs_dir: Path) -> dict:
     """method name -> its final summary, relabelled (``algorithm`` = the method's name, so tables
     name rows by method); only finished methods."""
@@ -229,4 +266,5 @@ def main(argv, doc: str, config_path, run_setting, report) -> int:
     return 0
 
 
-__all__ = ["Method", "base_config", "cli", "collect", "final", "load", "point_values", "selection", "sweep", "tune"]
+__all__ = ["Method", "ablations", "base_config", "cli", "collect", "final", "load", "point_values", "run_setting",
+           "selection", "sweep", "tune"]

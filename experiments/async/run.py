@@ -48,36 +48,8 @@ def runs_dir(name: str) -> Path:
     return ROOT / "runs" / "async" / name
 
 
-def ablations(spec: dict) -> dict:
-    """method name -> the tuned method it ablates (its config = that method's selected config
-    with the ablation's fields changed; not tuned itself)."""
-    return {m["name"]: m["ablation_of"] for m in spec["methods"] if isinstance(m, dict) and "ablation_of" in m}
-
-
 def run_setting(spec: dict, name: str, progress: bool) -> None:
-    setting = spec["settings"][name]
-    abl = ablations(spec)
-    methods = [m for m in methods_of(spec) if m.name not in abl]
-    tune = {**spec["tune"], "grid": spec["grid"]}
-    protocol.tune(protocol.base_config(setting), methods, tune, runs_dir(name), progress)
-    select = spec["tune"].get("select")
-    protocol.final(methods, spec["seeds"], runs_dir(name), progress, select)
-    chosen = protocol.selection(methods, runs_dir(name), select)
-    for method in methods_of(spec):
-        if method.name not in abl:
-            continue
-        out = runs_dir(name) / "final" / method.name
-        if (out / "summary.json").exists():
-            continue
-        cfg = json.loads(json.dumps(chosen[abl[method.name]].best_config))
-        for key, value in method.values.items():  # e.g. fedadt.schedule
-            section, field = key.split(".")
-            cfg[section][field] = value
-        path = runs_dir(name) / "final" / f"{method.name}.config.json"
-        path.write_text(json.dumps(cfg, indent=2))
-        protocol._fresh(out, "summary.json")
-        protocol.cli(["run", "--config", str(path), "--seeds", ",".join(map(str, spec["seeds"])), "--out", str(out)]
-                     + ([] if progress else ["--no-progress"]), ok=(0, 3))
+    protocol.run_setting(spec, spec["settings"][name], runs_dir(name), progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,12 +220,12 @@ def report(spec: dict, names: list[str]) -> None:
         target = setting["target_accuracy"]
         baselines = [b for b in spec["baselines"] if b in res]
         out += [f"## {setting['title']}", ""]
-        chosen = protocol.selection([m for m in methods if m.name not in ablations(spec)], run,
+        chosen = protocol.selection([m for m in methods if m.name not in protocol.ablations(spec)], run,
                                     spec["tune"].get("select"))
         out += ["Selected local learning rates (validation accuracy at the budget): " + ", ".join(
             f"{m}: {protocol.point_values(r.names[r.best], ['local.lr']).get('local.lr')}"
             for m, r in chosen.items() if r.best is not None) + "; the schedule ablation (" + ", ".join(
-            ablations(spec)) + ") uses FedADT's selected config with only `fedadt.schedule` changed.", ""]
+            protocol.ablations(spec)) + ") uses FedADT's selected config with only `fedadt.schedule` changed.", ""]
         out += [f"### Accuracy at the budget (virtual time {budget:g})", "",
                 report_lib.comparison_table(list(res.values()), baselines, METRIC), ""]
         cs = {m: curves(run / "final" / m) for m in res}
