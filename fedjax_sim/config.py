@@ -565,6 +565,11 @@ def validate(cfg: Config) -> None:
           f"a number below 1 - data.proxy_fraction={d.proxy_fraction} (the clients need rows)")
     check(cfg.generative in ("none", "fedgc"), "generative", cfg.generative, "none or fedgc")
     validate_fedgc(cfg.fedgc)
+    g = cfg.fedgc
+    if g.strategy in ("gen_first", "real_first"):
+        check(g.strategy_rounds < cfg.rounds, "fedgc.strategy_rounds", g.strategy_rounds,
+              f"an integer below rounds={cfg.rounds} for fedgc.strategy={g.strategy} (0 = half the run; "
+              f"the whole run is fedgc.strategy={g.strategy.split('_')[0]}_only)")
     for name in sorted(SECTIONS):
         section = getattr(cfg, name)
         if hasattr(section, "validate"):

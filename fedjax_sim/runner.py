@@ -39,13 +39,17 @@ def build_data(cfg: config_lib.Config, seed: int, progress: bool = False):
     """(data, stats): seed ``seed``'s `FederatedData` (numpy) after the data stage of
     ``cfg.generative`` (``fedgc``: `generative.augment`, stats = its per-seed statistics; ``none``:
     the built data as is, stats None)."""
-    from fedjax_sim.data import MULTITASK_SOURCES, build_federated, resolve_seed
+    from fedjax_sim.data import MULTITASK_SOURCES, build_federated, resolve_partition, resolve_seed
 
     if cfg.generative == "none":
         return build_federated(cfg.data, seed), None
     if cfg.data.dataset in MULTITASK_SOURCES:
         raise ConfigError("generative", cfg.generative, f"none for data.dataset={cfg.data.dataset} "
                                                         "(FedGC generates class-conditional samples)")
+    if resolve_partition(cfg.data) == "clusters":
+        raise ConfigError("generative", cfg.generative, "none with data.partition=clusters (its clients see "
+                                                        "rotated or label-shifted rows, the generator is fitted "
+                                                        "on untransformed public rows)")
     from fedjax_sim import generative
 
     data, assignment = build_federated(cfg.data, seed, return_assignment=True)

@@ -369,6 +369,10 @@ BAD = [
     (["--set", "fedgc.strength=1.5"], "fedgc.strength", "1.5"),
     (["--set", "fedgc.prompts=9"], "fedgc.prompts", "9"),
     (["--generative", "gan"], "generative", "gan"),
+    (["--set", "fedgc.strategy=gen_first", "--set", "fedgc.strategy_rounds=1"], "fedgc.strategy_rounds", "1"),
+    (["--generative", "fedgc", "--set", "data.public_fraction=0.2", "--partition", "clusters"],
+     "generative", "fedgc"),
+    (["--generative", "fedgc", "--set", "data.public_fraction=0.001"], "fedgc.generator", "gmm"),
     (["--generative", "fedgc", "--set", "data.public_fraction=0"], "data.public_fraction", "0"),
     (["--generative", "fedgc", "--dataset", "diabetes", "--set", "data.public_fraction=0.1"],
      "generative", "fedgc"),
@@ -422,3 +426,28 @@ def test_labels_outside_the_generators_classes_are_refused(tmp_path, capsys):
     path.write_bytes(serialization.msgpack_serialize(params))
     err = _refused_with(path, tmp_path, capsys)
     assert "[7, 8, 9]" in err, err
+
+
+def test_generation_is_padding_invariant():
+    """Padding the requested rows (the stage buckets shapes so seeds share one compile) changes
+    no real row's mode, guide or sample."""
+    from fedjax_sim.generative.fedgc import _stage
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 10, 4)).astype(np.float32)
+    y = rng.integers(0, 3, (3, 10)).astype(np.int32)
+    n = np.array([10, 6, 3])
+    pub_x, pub_y = rng.random((60, 4)).astype(np.float32), np.arange(60, dtype=np.int32) % 3
+    params = gens.fit("gmm", pub_x, pub_y, 3, 2, jax.random.PRNGKey(0))
+    labels, valid = allocation.budget_to_labels(np.array([[2, 1, 1], [0, 3, 0], [1, 1, 1]]))
+    kw = dict(generator="gmm", knobs=gens.GenKnobs(), prompt="llm", prompts=2, guided=True, filter_name="none",
+              threshold=0.0, generated_first=False, num_classes=3)
+    args = (pub_x, pub_y, pub_x, pub_y, np.ones(60, bool))
+    a = _stage(params, jax.random.PRNGKey(1), x, y, n, labels, valid, *args, **kw)
+    pad = lambda v, w: np.pad(v, [(0, 0), (0, w)] + [(0, 0)] * (v.ndim - 2))  # noqa: E731
+    b = _stage(params, jax.random.PRNGKey(1), pad(x, 5), pad(y, 5), n, pad(labels, 7), pad(valid, 7), *args, **kw)
+    for k in range(3):
+        t = int(a["n_total"][k])
+        assert int(b["n_total"][k]) == t
+        np.testing.assert_array_equal(a["x"][k, :t], b["x"][k, :t])
+        np.testing.assert_array_equal(a["generated"][k, :t], b["generated"][k, :t])

@@ -20,6 +20,7 @@ algorithm runs unchanged. Aggregation weights are whatever the algorithm uses on
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,48 +54,56 @@ GEN_CHUNK = 16  # clients generated per vmapped block (memory bounded by the chu
 def assign_modes(key: jax.Array, labels: jax.Array, rule: str, prompts: int, logits: jax.Array) -> jax.Array:
     """modes [K, G] int32 for labels [K, G] (section 5.2): ``single`` the class's dominant mode;
     ``multiple`` uniform over the class's ``prompts`` heaviest modes; ``llm`` all S modes with
-    per-client Dirichlet(1)-perturbed weights (half the fitted weights, half the perturbation)."""
+    per-client Dirichlet(1)-perturbed weights (half the fitted weights, half the perturbation).
+    Client k's rows draw from ``row_keys`` of a key split from ``fold_in(key, k)`` (padding-invariant)."""
     num_classes, num_modes = logits.shape
     ranked = jnp.argsort(-logits, axis=1)  # [C, S] modes by weight
     if rule == "single":
         return ranked[labels, 0].astype(jnp.int32)
-    if rule == "multiple":
-        pick = jax.random.randint(key, labels.shape, 0, min(prompts, num_modes))
-        return ranked[labels, pick].astype(jnp.int32)
-    if rule == "llm":
-        k_w, k_m = jax.random.split(key)
-        perturb = jax.random.dirichlet(k_w, jnp.ones(num_modes), (labels.shape[0], num_classes))  # [K, C, S]
-        weights = 0.5 * jax.nn.softmax(logits)[None] + 0.5 * perturb
-        per_row = jnp.take_along_axis(weights, labels[:, :, None], axis=1)  # [K, G, S]
-        return jax.random.categorical(k_m, jnp.log(per_row + 1e-12)).astype(jnp.int32)
-    raise ValueError(f"unknown prompt rule {rule!r}; expected one of {PROMPTS}")
+    if rule not in ("multiple", "llm"):
+        raise ValueError(f"unknown prompt rule {rule!r}; expected one of {PROMPTS}")
+
+    def client(k, lab):
+        k_rows, k_dir = jax.random.split(jax.random.fold_in(key, k))
+        keys = gens.row_keys(k_rows, lab.shape[0])
+        if rule == "multiple":
+            pick = jax.vmap(lambda kk: jax.random.randint(kk, (), 0, min(prompts, num_modes)))(keys)
+            return ranked[lab, pick]
+        perturb = jax.random.dirichlet(k_dir, jnp.ones(num_modes), (num_classes,))
+        weights = jnp.log(0.5 * jax.nn.softmax(logits) + 0.5 * perturb + 1e-12)  # [C, S]
+        return jax.vmap(lambda kk, c: jax.random.categorical(kk, weights[c]))(keys, lab)
+
+    return jax.vmap(client)(jnp.arange(labels.shape[0]), labels).astype(jnp.int32)
 
 
 def pick_guides(key: jax.Array, x: jax.Array, y: jax.Array, n: jax.Array, labels: jax.Array):
     """(guide_x [K, G, ...], guide_valid [K, G] bool): for each requested sample a uniformly drawn
-    real row of the same class from the same client; invalid when the client has none (then the
-    sample falls back to prompt-only generation)."""
+    real row of the same class from the same client (the j-th such row, j uniform, from
+    ``fold_in(fold_in(key, k), g)``: padding-invariant); invalid when the client has none (then
+    the sample falls back to prompt-only generation)."""
     rows = jnp.arange(x.shape[1])
 
-    def client(key, xk, yk, nk, lk):
-        u = jax.random.uniform(key, (lk.shape[0], xk.shape[0]))
-        ok = (yk[None, :] == lk[:, None]) & (rows < nk)[None, :]
-        pick = jnp.argmax(jnp.where(ok, u, -1.0), axis=1)
-        return xk[pick], jnp.any(ok, axis=1)
+    def client(a):
+        k, xk, yk, nk, lk = a
+        same = (yk[None, :] == lk[:, None]) & (rows < nk)[None, :]  # [G, N]
+        count = jnp.sum(same, axis=1)
+        keys = gens.row_keys(jax.random.fold_in(key, k), lk.shape[0])
+        j = jax.vmap(lambda kk, c: jax.random.randint(kk, (), 0, jnp.maximum(c, 1)))(keys, count)
+        pick = jnp.argmax(same & (jnp.cumsum(same, axis=1) == (j + 1)[:, None]), axis=1)
+        return xk[pick], count > 0
 
-    keys = jax.random.split(key, x.shape[0])
-    # [G, N] scores per client: blocks of clients bound the memory
-    return jax.lax.map(lambda a: client(*a), (keys, x, y, n, labels), batch_size=GEN_CHUNK)
+    # [G, N] per client: blocks of clients bound the memory
+    return jax.lax.map(client, (jnp.arange(x.shape[0]), x, y, n, labels), batch_size=GEN_CHUNK)
 
 
 def generate(gen: gens.Generator, params, key: jax.Array, labels, modes, guide_x, guide_valid,
              knobs: gens.GenKnobs) -> jax.Array:
     """x [K, G, D]: the generator's sample for every client, mapped over the client axis in blocks
-    of `GEN_CHUNK` (one key per client)."""
-    keys = jax.random.split(key, labels.shape[0])
+    of `GEN_CHUNK` (client k draws from ``fold_in(key, k)``)."""
     flat = guide_x.reshape(guide_x.shape[0], guide_x.shape[1], -1)
-    one = lambda a: gen.sample(params, a[0], a[1], a[2], a[3], a[4], knobs)  # noqa: E731
-    return jax.lax.map(one, (keys, labels, modes, flat, guide_valid), batch_size=GEN_CHUNK)
+    one = lambda a: gen.sample(params, jax.random.fold_in(key, a[0]), *a[1:], knobs)  # noqa: E731
+    ids = jnp.arange(labels.shape[0])
+    return jax.lax.map(one, (ids, labels, modes, flat, guide_valid), batch_size=GEN_CHUNK)
 
 
 def merge(x, y, n, xg, yg, keep, generated_first: bool):
@@ -250,87 +259,108 @@ def augment(data, fcfg, rounds: int, seed: int, public_ids: np.ndarray, client_i
     check(fcfg, data)
     start = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(seed), GEN_KEY)
-    k_fit, k_modes, k_guides, k_gen, k_filter = jax.random.split(key, 5)
+    k_fit, k_stage = jax.random.split(key)
     params, info = generator_params(data, fcfg, public_ids, client_ids, k_fit, cache_dir, progress)
 
     x, y, n = (np.asarray(a) for a in (data.train["x"], data.train["y"], data.n_train))
+    for k in data.train:  # any other per-row leaves of the source (none today)
+        if k not in ("x", "y"):
+            raise ConfigError("generative", "fedgc", f"none for data with per-row field {k!r} (FedGC "
+                                                     "generates x and y only)")
     counts = allocation.class_counts(y, n, data.num_classes)
     m = allocation.allocate_budget(counts, fcfg.budget, fcfg.client_allocation, fcfg.allocation,
                                    fcfg.gamma, fcfg.rho)
-    labels, valid = allocation.budget_to_labels(m)
-    labels, valid = jnp.asarray(labels), jnp.asarray(valid)
-    modes = assign_modes(k_modes, labels, fcfg.prompt, fcfg.prompts, params["logits"])
-    guide_x, has_guide = pick_guides(k_guides, jnp.asarray(x), jnp.asarray(y), jnp.asarray(n), labels)
-    wants_guide = fcfg.guidance != "prompt"
-    guided = has_guide & wants_guide
+    requested = int(m.sum())
+    # shapes in buckets of SHAPE_BUCKET rows, so seeds (whose sizes differ a little) share one
+    # compiled stage; every draw is padding-invariant, so the bucket does not change the rows
+    labels, valid = allocation.budget_to_labels(m, _bucket(int(m.sum(1).max(initial=0))))
+    n_pad = _bucket(x.shape[1]) - x.shape[1]
+    pad = lambda a: np.pad(a, [(0, 0), (0, n_pad)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+    glob = data.global_test
+    gmask = np.asarray(glob["mask"]) if "mask" in glob else np.ones(np.shape(glob["y"])[0], bool)
     knobs = gens.GenKnobs(fcfg.strength, fcfg.cfg_weight, fcfg.temperature * PROMPT_TEMPERATURE[fcfg.prompt],
                           fcfg.domain_gap, fcfg.label_noise, fcfg.guidance != "real")
-    gen = gens.get(fcfg.generator)
-    flat = jax.jit(lambda p, *a: generate(gen, p, *a, knobs))(params, k_gen, labels, modes, guide_x, guided)
-    xg = flat.reshape(*labels.shape, *data.feature_shape)
-
-    keep = valid
-    if fcfg.filter != "none":
-        keep = valid & filter_mask(fcfg, data, x, y, n, xg, labels)
     generated_first = fcfg.strategy in ("gen_first", "gen_only")
-    xm, ym, is_gen, n_total, n_first = jax.jit(jax.vmap(lambda *a: merge(*a, generated_first)))(
-        jnp.asarray(x), jnp.asarray(y), jnp.asarray(n), xg, labels, keep)
-    n_total = np.asarray(n_total, np.int32)
+    out = _stage(params, k_stage, pad(x), pad(y), n, labels, valid, data.public["x"], data.public["y"],
+                 glob["x"], glob["y"], gmask, generator=fcfg.generator, knobs=knobs, prompt=fcfg.prompt,
+                 prompts=fcfg.prompts, guided=fcfg.guidance != "prompt", filter_name=fcfg.filter,
+                 threshold=fcfg.filter_threshold, generated_first=generated_first,
+                 num_classes=data.num_classes)
+    out = jax.tree.map(np.asarray, out)
+    n_total = out["n_total"].astype(np.int32)
     t = max(int(n_total.max(initial=0)), 1)
-    train = {"x": np.asarray(xm)[:, :t], "y": np.asarray(ym)[:, :t], "generated": np.asarray(is_gen)[:, :t]}
-    for k, v in data.train.items():  # any other per-row leaves of the source (none today)
-        if k not in train:
-            raise ConfigError("generative", "fedgc", f"none for data with per-row field {k!r} (FedGC "
-                                                     "generates x and y only)")
+    train = {"x": out["x"][:, :t], "y": out["y"][:, :t], "generated": out["generated"][:, :t]}
     early = {"mixed": 0, "gen_first": fcfg.strategy_rounds or rounds // 2,
              "real_first": fcfg.strategy_rounds or rounds // 2}.get(fcfg.strategy, rounds)
-    out = data.replace(train=train, n_train=n_total,
-                       n_early=None if early == 0 else np.asarray(n_first, np.int32), early_rounds=early)
+    augmented = data.replace(train=train, n_train=n_total, early_rounds=early,
+                             n_early=None if early == 0 else out["n_first"].astype(np.int32))
 
-    # judging the generated rows: a reference classifier fitted on the public split
-    ref = fidelity.fit_linear(jnp.asarray(data.public["x"]), jnp.asarray(data.public["y"]),
-                              jnp.ones(np.shape(data.public["y"])[0]), data.num_classes)
-    kept_rows = int(np.asarray(keep).sum())
-    glob = data.global_test
-    gmask = jnp.asarray(glob["mask"]) if "mask" in glob else jnp.ones(np.shape(glob["y"])[0], bool)
-    div = jax.lax.map(lambda a: fidelity.diversity(*a), (xg, labels, keep), batch_size=GEN_CHUNK)
-    active = np.asarray(keep).any(1)
-    after = allocation.class_counts(np.asarray(ym)[:, :t], n_total, data.num_classes)
+    kept_rows = int(out["keep"].sum())
+    active = out["keep"].any(1)
+    wants_guide = fcfg.guidance != "prompt"
+    # rates over no rows are undefined: None (left out of summary.json), never a 0 or 1
     stats = {
         "generated_rows": kept_rows,
-        "requested_rows": int(np.asarray(valid).sum()),
+        "requested_rows": requested,
         "generated_per_real": kept_rows / max(int(n.sum()), 1),
-        "filtered_out": 1.0 - kept_rows / max(int(np.asarray(valid).sum()), 1),
-        "guide_fallback": float(np.sum(np.asarray(valid & ~has_guide)) / max(int(np.asarray(valid).sum()), 1))
-        if wants_guide else 0.0,
-        "fidelity": float(fidelity.accuracy(ref, xg.reshape(-1, *data.feature_shape), labels.reshape(-1),
-                                            keep.reshape(-1))),
-        "reference_test_accuracy": float(fidelity.accuracy(ref, jnp.asarray(glob["x"]), jnp.asarray(glob["y"]), gmask)),
-        "diversity": float(np.mean(np.asarray(div)[active])) if active.any() else 0.0,
+        "filtered_out": 1.0 - kept_rows / requested if requested else None,
+        "guide_fallback": (float(np.sum(valid & ~out["has_guide"]) / requested) if wants_guide else 0.0)
+        if requested else None,
+        "fidelity": float(out["fidelity"]) if kept_rows else None,
+        "reference_test_accuracy": float(out["reference_test_accuracy"]),
+        "diversity": float(np.mean(out["diversity"][active])) if active.any() else None,
         "label_js_before": allocation.label_heterogeneity(counts),
-        "label_js_after": allocation.label_heterogeneity(after),
+        "label_js_after": allocation.label_heterogeneity(allocation.class_counts(train["y"], n_total,
+                                                                                data.num_classes)),
         "early_rounds": early,
         "generator_source": info["source"],
         "stage_seconds": time.perf_counter() - start,
     }
     if info.get("path"):
         stats["generator_path"] = info["path"]
-    return out, stats
+    return augmented, stats
 
 
-def filter_mask(fcfg, data, x, y, n, xg, labels) -> jax.Array:
-    """[K, G] bool: generated rows the judge accepts (section 2.4, optional, default off):
-    ``reference`` = a classifier fitted on the public split (fidelity up, no coupling to private
-    data); ``local`` = each client's own classifier fitted on its real rows (couples the kept
-    synthetic set to private data; a client keeps nothing of a class it never saw)."""
-    tau = fcfg.filter_threshold
-    if fcfg.filter == "reference":
-        ref = fidelity.fit_linear(jnp.asarray(data.public["x"]), jnp.asarray(data.public["y"]),
-                                  jnp.ones(np.shape(data.public["y"])[0]), data.num_classes)
-        return jax.vmap(lambda a, b: fidelity.passes(ref, a, b, tau))(xg, labels)
-    if fcfg.filter == "local":
-        weight = (np.arange(x.shape[1])[None, :] < np.asarray(n)[:, None]).astype(np.float32)
-        fit = jax.jit(jax.vmap(lambda a, b, w: fidelity.fit_linear(a, b, w, data.num_classes)))
-        clfs = fit(jnp.asarray(x), jnp.asarray(y), jnp.asarray(weight))
-        return jax.vmap(lambda c, a, b: fidelity.passes(c, a, b, tau))(clfs, xg, labels)
-    raise ValueError(f"unknown filter {fcfg.filter!r}; expected one of {fidelity.FILTERS}")
+SHAPE_BUCKET = 64
+
+
+def _bucket(rows: int) -> int:
+    """``rows`` rounded up to a multiple of `SHAPE_BUCKET` (at least one bucket)."""
+    return max(1, -(-rows // SHAPE_BUCKET)) * SHAPE_BUCKET
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "knobs", "prompt", "prompts", "guided", "filter_name",
+                                             "threshold", "generated_first", "num_classes"))
+def _stage(params, key, x, y, n, labels, valid, public_x, public_y, global_x, global_y, global_mask, *,
+           generator: str, knobs: gens.GenKnobs, prompt: str, prompts: int, guided: bool, filter_name: str,
+           threshold: float, generated_first: bool, num_classes: int) -> dict:
+    """Generation, filtering, merging and judging of every client, one compiled program.
+
+    x [K, N, ...], y [K, N], n [K]: real rows; labels, valid [K, G]: the requested samples.
+    Returns the merged rows (``x`` [K, N+G, ...], ``y``, ``generated``, ``n_total`` [K],
+    ``n_first`` [K]), ``keep`` [K, G] (valid rows the filter kept), ``has_guide`` [K, G], and the
+    judges' numbers: ``fidelity`` (reference classifier on the kept rows), its
+    ``reference_test_accuracy`` (on the global test rows), ``diversity`` [K].
+    """
+    k_modes, k_guides, k_gen = jax.random.split(key, 3)
+    modes = assign_modes(k_modes, labels, prompt, prompts, params["logits"])
+    guide_x, has_guide = pick_guides(k_guides, x, y, n, labels)
+    flat = generate(gens.get(generator), params, k_gen, labels, modes, guide_x, has_guide & guided, knobs)
+    xg = flat.reshape(*labels.shape, *x.shape[2:])
+    ref = fidelity.fit_linear(public_x, public_y, jnp.ones(public_y.shape[0]), num_classes)
+    keep = valid
+    if filter_name == "reference":
+        keep = keep & jax.vmap(lambda a, b: fidelity.passes(ref, a, b, threshold))(xg, labels)
+    elif filter_name == "local":  # each client's own classifier, on its real rows
+        weight = (jnp.arange(x.shape[1])[None, :] < n[:, None]).astype(jnp.float32)
+        clfs = jax.vmap(lambda a, b, w: fidelity.fit_linear(a, b, w, num_classes))(x, y, weight)
+        keep = keep & jax.vmap(lambda c, a, b: fidelity.passes(c, a, b, threshold))(clfs, xg, labels)
+    elif filter_name != "none":
+        raise ValueError(f"unknown filter {filter_name!r}; expected one of {fidelity.FILTERS}")
+    xm, ym, is_gen, n_total, n_first = jax.vmap(lambda *a: merge(*a, generated_first))(x, y, n, xg, labels, keep)
+    div = jax.lax.map(lambda a: fidelity.diversity(*a), (xg, labels, keep), batch_size=GEN_CHUNK)
+    return {"x": xm, "y": ym, "generated": is_gen, "n_total": n_total, "n_first": n_first, "keep": keep,
+            "has_guide": has_guide,
+            "fidelity": fidelity.accuracy(ref, xg.reshape(-1, *x.shape[2:]), labels.reshape(-1), keep.reshape(-1)),
+            "reference_test_accuracy": fidelity.accuracy(ref, global_x, global_y, global_mask),
+            "diversity": div}

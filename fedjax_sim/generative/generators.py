@@ -11,6 +11,8 @@ Every generator is ``Generator(name, sample)`` with
   sample(params, key, labels [G] int32, modes [G] int32, guide_x [G, D], guide_valid [G] bool,
          knobs: GenKnobs) -> x [G, D] float32
 
+Row g draws from ``fold_in(key, g)`` only, so padding rows never change the others (`row_keys`).
+
 in the flattened feature space D (the FedGC stage reshapes to the data's feature shape).
 ``params`` is a pytree of arrays; every generator's holds ``mean`` [D], ``std`` [D] (the public
 split's marginal moments), ``gap`` [D] (a fixed +-1 pattern: the domain-gap direction),
@@ -77,6 +79,12 @@ def marginal(x: np.ndarray, y: np.ndarray, num_classes: int, key: jax.Array) -> 
     return {"mean": jnp.asarray(x.mean(0), jnp.float32), "std": jnp.asarray(np.where(std > 0, std, 1e-3), jnp.float32),
             "gap": jnp.asarray(gap, jnp.float32), "has_class": jnp.asarray(counts > 0),
             "prior": jnp.asarray(counts / max(counts.sum(), 1), jnp.float32)}
+
+
+def row_keys(key: jax.Array, rows: int) -> jax.Array:
+    """[rows, 2] keys, row g's = ``fold_in(key, g)``: a row's sample does not depend on how many
+    rows (padding included) are drawn with it."""
+    return jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(rows))
 
 
 def noisy_label(key: jax.Array, label: jax.Array, eps, num_classes: int) -> jax.Array:
@@ -160,8 +168,7 @@ def _gmm_sample(params, key, labels, modes, guide_x, guide_valid, knobs: GenKnob
         mixed = m + jnp.sqrt(1.0 - s) * (x0 - m) + jnp.sqrt(s) * (fresh - m)
         return shift(params, jnp.where(guided, mixed, fresh), knobs)
 
-    keys = jax.random.split(key, labels.shape[0])
-    return jax.vmap(one)(keys, labels, modes, guide_x, guide_valid)
+    return jax.vmap(one)(row_keys(key, labels.shape[0]), labels, modes, guide_x, guide_valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,8 +286,7 @@ def _vae_sample(params, key, labels, modes, guide_x, guide_valid, knobs: GenKnob
         out = out_null + (1.0 + knobs.cfg_weight) * (out_cond - out_null)
         return shift(params, mean + std * out, knobs)
 
-    keys = jax.random.split(key, labels.shape[0])
-    return jax.vmap(one)(keys, labels, modes, guide_x, guide_valid)
+    return jax.vmap(one)(row_keys(key, labels.shape[0]), labels, modes, guide_x, guide_valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ def _real_sample(params, key, labels, modes, guide_x, guide_valid, knobs: GenKno
         row = params["starts"][c] + jax.random.randint(k_row, (), 0, jnp.maximum(params["counts"][c], 1))
         return shift(params, params["rows"][row], knobs)
 
-    return jax.vmap(one)(jax.random.split(key, labels.shape[0]), labels)
+    return jax.vmap(one)(row_keys(key, labels.shape[0]), labels)
 
 
 def fit_noise(x, y, num_classes: int, modes: int, key: jax.Array, **_) -> dict:
@@ -316,7 +322,8 @@ def fit_noise(x, y, num_classes: int, modes: int, key: jax.Array, **_) -> dict:
 
 
 def _noise_sample(params, key, labels, modes, guide_x, guide_valid, knobs: GenKnobs):
-    eps = jax.random.normal(key, (labels.shape[0], params["mean"].shape[0]))
+    d = params["mean"].shape[0]
+    eps = jax.vmap(lambda k: jax.random.normal(k, (d,)))(row_keys(key, labels.shape[0]))
     return shift(params, params["mean"] + params["std"] * eps, knobs)
 
 
