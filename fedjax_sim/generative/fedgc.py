@@ -4,9 +4,9 @@ generated rows join its private data; then any registered algorithm runs on the 
   fit or load a generator on the public split          (host, once per data seed; cached)
   allocate_budget(counts [K, C]) -> m [K, C]            (host numpy, `allocation`)
   budget_to_labels -> labels [K, G], valid [K, G]
-  assign_modes (prompt design), pick_guides (guidance)  (jnp, vmapped over clients)
-  generate: one map over the client axis of the generator's sample
-  optional filter, then merge by the training strategy  (jnp, vmapped over clients)
+  then one jitted program (`_stage`), mapped over the client axis:
+    assign_modes (prompt design), pick_guides (guidance), generate (the generator's sample),
+    the optional filter, merge by the training strategy, and the judges (fidelity, diversity)
 
 The output is ordinary `FederatedData`: ``train`` gains ``generated`` [K, T] bool (True on
 generated rows) and ``n_train`` counts real + kept generated rows. Training strategies [D]
