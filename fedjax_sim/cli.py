@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedjax_sim import jsonio
 from fedjax_sim.errors import ConfigError, DataUnavailableError, DivergedError
 
 # The default experiment: FedAvg vs Local on the embedded digits, Dirichlet(0.3) over 20 clients.
@@ -347,10 +348,10 @@ def cmd_sweep(a) -> int:
         results[name] = sweep.select(names, ordered, a.select)
     text = sweep.sweep_table(results, grid, seeds, fraction)
     Path(base_out, "sweep.md").write_text(text + "\n")
-    Path(base_out, "sweep.json").write_text(json.dumps(sweep.to_json(results), indent=2))
+    jsonio.write_json(Path(base_out, "sweep.json"), sweep.to_json(results))
     for name, res in results.items():
         if res.best is not None:
-            Path(base_out, name, "best_config.json").write_text(json.dumps(res.best_config, indent=2))
+            jsonio.write_json(Path(base_out, name, "best_config.json"), res.best_config)
     print(text)
     print(f"\nsweep directory: {base_out}")
     diverged = [f"{name}/{p}" for name, res in results.items()

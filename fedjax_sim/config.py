@@ -481,7 +481,12 @@ def check(cond: bool, field: str, value, allowed: str):
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that do not need the data or the registries (those check names)."""
+    """Range checks that do not need the data or the registries (those check names). Every float
+    field, of every section, must be finite first: no field means anything at inf."""
+    for name in field_names(cfg):
+        value = get_field(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(name, value, "a finite number")
     check(1 <= cfg.rounds <= 10_000_000, "rounds", cfg.rounds, "an integer in [1, 10000000]")
     # seeds become jax.random.PRNGKey(seed), an int32 outside x64 mode
     check(0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, f"an integer in [0, {2 ** 31 - 1}]")

@@ -49,7 +49,8 @@ def _value_cell(summary: dict, key: str) -> str:
 
 def summary_table(summaries: list[dict]) -> str:
     """Markdown table of final headline metrics and timing, one row per run summary (multi-seed
-    summaries: mean ± sample std over seeds in the metric cells)."""
+    summaries: mean ± sample std over seeds in the metric cells). A run with diverged seeds is
+    marked in its algorithm cell; its values are from its last finite evaluation."""
     names = sorted({headline(s) for s in summaries})
     cols = [f"{scope} {name}" for name in names for scope in ("global", "personalized")]
     rows = ["| algorithm | dataset | rounds | " + " | ".join(cols) + " | compile s | train s | samples/s |",
@@ -58,7 +59,11 @@ def summary_table(summaries: list[dict]) -> str:
         t = s["timing"]
         values = " | ".join(_value_cell(s, f"{scope}_{name}") for name in names
                             for scope in ("global", "personalized"))
-        rows.append(f"| {s['algorithm']} | {s['dataset']} | {s['rounds_completed']} | {values} | "
+        name = s["algorithm"]
+        bad = [e for e in s.get("per_seed", []) if e.get("status", "ok") != "ok"]
+        if bad:  # the values are the last finite evaluation's (up to rounds_completed)
+            name += f" (**diverged**: {len(bad)}/{len(s['per_seed'])} seeds)"
+        rows.append(f"| {name} | {s['dataset']} | {s['rounds_completed']} | {values} | "
                     f"{t['compile_seconds']:.1f} | {t['train_seconds']:.1f} | {t['samples_per_second']:,.0f} |")
     return "\n".join(rows)
 

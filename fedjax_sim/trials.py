@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_sim import config as config_lib
+from fedjax_sim import jsonio
 from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.core.privacy import membership_inference
@@ -325,6 +326,15 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     t.per_client = rec.pop(per_client_key)
                     _null_unheld(rec, prep.data.tasks)
                     rec = {"round": rnd, "seed": t.seed, **{k: v[i][j] for k, v in logged.items()}, **rec}
+                    bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+                    if bad and rnd > 0:  # finite training, non-finite model: the server step blew up
+                        t.status = "diverged"
+                        t.message = (f"seed {t.seed} diverged at round {rnd}: the model's {bad[0]} is "
+                                     f"{rec[bad[0]]} after the server update ({_hint(configs[j], 'server')})")
+                        rec["status"] = "diverged"
+                        writers[t.point](rec)
+                        t.done = t.history[-1]["round"] if t.history else 0  # the last finite model
+                        continue
                     t.history.append(rec)
                     writers[t.point](rec)
 
@@ -355,7 +365,13 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                         bad = lo + int(np.argmin(np.isfinite(losses[i, j]))) + 1
                         t.status = "diverged"
                         t.message = (f"seed {t.seed} diverged at round {bad}: the training loss is "
-                                     f"{losses[i, j, bad - lo - 1]}")
+                                     f"{losses[i, j, bad - lo - 1]} ({_hint(configs[j], 'local')})")
+                        # the rounds of this block before the divergence finished: keep their
+                        # training losses (the model after them was overwritten, so no evaluation)
+                        for r in range(lo + 1, bad):
+                            writers[t.point]({"round": r, "seed": t.seed, "train_loss": float(losses[i, j, r - lo - 1]),
+                                              "evaluated": False})
+                        t.done = bad - 1
                         writers[t.point]({"round": bad, "seed": t.seed, "train_loss": None, "status": "diverged"})
             if not any(t.status == "ok" and not t.stopped for row in trials for t in row):
                 break
@@ -523,8 +539,11 @@ def point_summary(prep, seeds_trials: list, timing: dict, resolved: dict, data_d
 
 def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
     """config.json of a grid point: the config as run, plus what was resolved from it."""
+    from fedjax_sim.data import MULTITASK_SOURCES, resolve_partition
+
     resolved = config_lib.to_dict(cfg)
-    resolved["resolved"] = {"local_steps": prep.schedule.num_steps,
+    partition = None if cfg.data.dataset in MULTITASK_SOURCES else resolve_partition(cfg.data)
+    resolved["resolved"] = {"partition": partition, "local_steps": prep.schedule.num_steps,
                             "batch_size": prep.schedule.batch_size,
                             "cohort": cfg.cohort or prep.data.num_clients,
                             "model": prep.model.name, "task": prep.task.name, **prep.algorithm.info,
@@ -556,14 +575,14 @@ def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
         group.configs[j] = c
         r = resolved_config(pg.preps[0][j], pg, c)
         resolved.append(r)
-        (out / "config.json").write_text(json.dumps(r, indent=2))
+        jsonio.write_json(out / "config.json", r)
 
     def writer(j):
         path = outs[j] / "metrics.jsonl"
 
         def write(rec):
             with open(path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(jsonio.dumps(rec) + "\n")
         return write
 
     writers = [writer(j) for j in range(len(outs))]
@@ -590,7 +609,7 @@ def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
         timing = _sum_timing(timings[j])
         data_desc = describe(pg.preps[0][j].data)
         summary = point_summary(pg.preps[0][j], results[j], timing, resolved[j], data_desc)
-        (outs[j] / "summary.json").write_text(json.dumps(summary, indent=2))
+        jsonio.write_json(outs[j] / "summary.json", summary)
         runner.plot_history([h for t in results[j] for h in t.history], outs[j] / "accuracy.png",
                             group.configs[j].algorithm, pg.preps[0][j].task.headline)
         summaries.append(summary)
@@ -616,10 +635,22 @@ def diverged_message(summaries: list[dict]) -> str | None:
     if not bad:
         return None
     out, first = bad[0]
-    lr = summaries[0]["config"]["local"]["lr"]
     more = f" (and {len(bad) - 1} more trial(s))" if len(bad) > 1 else ""
     return (f"training diverged: {first['message']}{more}; stopped those trials, results up to "
-            f"round {first['rounds_completed']} are in {out} (try a smaller local.lr, now {lr})")
+            f"round {first['rounds_completed']} are in {out}")
+
+
+def _hint(cfg, where: str) -> str:
+    """What to try when a trial diverges: the learning rate of the step that produced the first
+    non-finite value (``local``: the training loss; ``server``: the model after aggregation)."""
+    server = f"server.lr, now {cfg.server.lr:g}"
+    local = f"local.lr, now {cfg.local.lr:g}"
+    if where == "server":
+        return f"try a smaller {server}, or {local}"
+    # the round's training loss: a non-finite model from the previous server step shows here
+    # first, unless the server step is plain averaging (sgd at lr 1)
+    plain = cfg.server.optimizer == "sgd" and cfg.server.lr == 1.0
+    return f"try a smaller {local}" + ("" if plain else f", or {server}")
 
 
 def raise_if_diverged(summaries: list[dict]) -> None:

@@ -368,7 +368,7 @@ def test_task_data_mismatch_is_a_config_error(dataset, task):
 
 FLOORS = {
     # package or module -> fedjax_sim modules it may import
-    "types": set(), "errors": set(), "config": {"errors"},
+    "types": set(), "errors": set(), "jsonio": set(), "config": {"errors"},
     "data": {"errors", "types", "data"}, "tasks": {"errors", "types", "tasks"},
     "models": {"errors", "types", "models"}, "aggregators": {"errors", "types", "aggregators"},
     "asynchrony": {"errors", "types", "asynchrony"},

@@ -440,13 +440,15 @@ def test_fedrema_run_ends_its_ccp(fedrema_run):
 
 
 def test_ablation_no_ccp_end_to_end(tmp_path_factory):
-    """fedrema_no_ccp: the end rule still fires (ccp_end_round recorded), yet MDS weights are used
-    every round (`ccp_active` 1 in every round, also after the end round)."""
+    """fedrema_no_ccp: the end rule still fires (ccp_end_round recorded; `ccp_active` 1 up to the
+    end round, 0 afterwards, as FedReMa), yet MDS weights are used every round (`mds_weights` 1 in
+    every round, also after the end round)."""
     summary, records, _ = _ablation_run(tmp_path_factory, "fedrema_no_ccp")
     assert summary["config"]["resolved"]["fedrema_ablation"] == "no_ccp"
     end = int(summary["final"]["ccp_end_round"])
     assert 1 < end < len(records), end  # so rounds after the end exist
-    assert all(r["ccp_active"] == 1.0 and r["ccp_active_mean"] == 1.0 for r in records)
+    assert all(r["mds_weights"] == 1.0 and r["mds_weights_mean"] == 1.0 for r in records)
+    assert [r["ccp_active"] for r in records] == [1.0] * end + [0.0] * (len(records) - end)
     for r in records:  # MDS sets every round: sizes in [2, n - 1]
         assert 2 <= r["relevant_set_size_min"] <= r["relevant_set_size_max"] <= 5
 

@@ -276,7 +276,9 @@ def relevance_matching(num_clients: int, delta: float = 0.5, ablation: str = "no
     ``similarity`` S [K, K] of the trained heads (`probe_similarity` / `proto_similarity`),
     ``cohort_idx`` [K] client ids, ``participation`` [K] bool (default all), ``key`` for the
     ablations and the upload-order bug. ``weights`` are not used (relevance replaces them).
-    Metrics: ``mds_gap_mean``, ``ccp_active`` (1 if MDS weights were used this round),
+    Metrics: ``mds_gap_mean``, ``ccp_active`` (1 while the CCP is on at the start of this round;
+    its end rule runs in every ablation), ``mds_weights`` (1 if MDS weights were used this round:
+    during the CCP, and every round with ``no_ccp``),
     ``relevant_set_size_{mean,min,max}`` (support of the weight rows used) and ``ccp_ended``
     (1 in the round the CCP ended).
 
@@ -315,7 +317,10 @@ def relevance_matching(num_clients: int, delta: float = 0.5, ablation: str = "no
         pf = part.astype(jnp.float32)
         big = jnp.float32(w.shape[0] + 1)
         stats = {"mds_gap_mean": m_t,
-                 "ccp_active": was_ccp.astype(jnp.float32),
+                 # the critical co-learning period itself (its end rule runs in every ablation) ...
+                 "ccp_active": state.ccp.is_ccp.astype(jnp.float32),
+                 # ... and whether this round's head weights were MDS sets (always, without the CCP)
+                 "mds_weights": was_ccp.astype(jnp.float32),
                  "ccp_ended": (state.ccp.is_ccp & ~ccp.is_ccp).astype(jnp.float32),
                  "relevant_set_size_mean": jnp.sum(size * pf) / jnp.maximum(jnp.sum(pf), 1.0),
                  "relevant_set_size_min": jnp.min(jnp.where(part, size, big)),

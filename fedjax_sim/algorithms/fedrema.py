@@ -69,6 +69,10 @@ class FedReMaConfig:
 
 def _fedrema(ctx: BuildContext, hp: FedReMaConfig, name: str, ablation: str | None = None) -> Algorithm:
     require_classification(ctx.task, name)
+    if ablation is not None and hp.ablation not in ("none", ablation):
+        raise ConfigError("fedrema.ablation", hp.ablation,
+                          f"none or {ablation} with --algorithm {name}, whose ablation is fixed "
+                          f"(for another ablation: --algorithm fedrema --set fedrema.ablation={hp.ablation})")
     ablation = ablation or hp.ablation
     if ctx.cohort < 3:
         # a cohort of every client (cohort=0) is limited by the population, so name that field
