@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--select", default=None, help="metric to select on (default personalized_<headline>, "
                                                   "else global_<headline>), final round, mean over seeds")
     _common_run_args(w, out=False)
-    sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
+    ls = sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
+    ls.add_argument("--fields", action="store_true", help="every config field with its type, default and "
+                                                           "description (allowed values where named)")
+    ls.add_argument("--markdown", action="store_true", help="with --fields: as the markdown of docs/config.md")
     b = sub.add_parser("bench", help="FedAvg throughput vs centralized training, one JSON line")
     b.add_argument("--model", default="mlp")
     b.add_argument("--features", type=int, default=784)
@@ -132,21 +135,8 @@ def config_from_args(a) -> "Config":
         from fedjax_sim.presets import apply_preset
         apply_preset(cfg, a.preset)
     if a.config:
-        try:
-            raw = json.loads(Path(a.config).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError("--config", a.config, f"a readable JSON config file ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError("--config", a.config, "a JSON object of config fields, e.g. "
-                                                    '{"rounds": 50, "local": {"lr": 0.05}}')
-        if "final" in raw and "config" in raw:
-            raise ConfigError("--config", a.config, "a config.json, not a run's summary.json (its "
-                                                    "\"config\" is the run's config; the run directory "
-                                                    "has it as config.json)")
         # an earlier run's directory is not this run's: without --out a new one is made
-        raw = {k: v for k, v in raw.items() if k not in ("resolved", "out")}
-        for key, value in config_lib._flatten(raw):
-            config_lib.set_field(cfg, key, value)
+        config_lib.apply_dict(cfg, config_lib.read_config_file(a.config))
     for flag, field in RUN_FLAGS.items():
         value = getattr(a, flag, None)
         if value is not None and flag != "algorithm":
@@ -366,9 +356,15 @@ def cmd_sweep(a) -> int:
     return 0
 
 
-def cmd_list(_a) -> int:
+def cmd_list(a) -> int:
     from fedjax_sim import config as config_lib
     from fedjax_sim.algorithms import DESCRIPTIONS, MULTITASK_DESCRIPTIONS, SECTION_OF, section_of
+
+    if getattr(a, "markdown", False) and not a.fields:
+        raise ConfigError("--markdown", "without --fields", "--fields --markdown (the field table as markdown)")
+    if getattr(a, "fields", False):
+        print(config_lib.field_reference(markdown=a.markdown), end="\n" if not a.markdown else "")
+        return 0
     from fedjax_sim.core.optim import OPTIMIZERS
     from fedjax_sim.data import DATASETS, MULTITASK_SOURCES, all_partitions
     from fedjax_sim.tasks import TASKS
@@ -391,7 +387,8 @@ def cmd_list(_a) -> int:
     print("presets (--preset NAME; applied before --config, flags and --set):")
     for line in describe_presets():
         print(f"  {line}")
-    print("config fields (--set KEY=VALUE):\n  " + ", ".join(config_lib.field_names()))
+    print("config fields (--set KEY=VALUE; types, defaults and descriptions: fedjax-sim list --fields):\n  "
+          + ", ".join(config_lib.field_names()))
     print("fields a sweep runs as one vmapped program (--grid; other fields run as separate "
           "programs):\n  " + ", ".join(sorted(config_lib.TRACEABLE)))
     return 0

@@ -40,7 +40,7 @@ class DataConfig:
 
     dataset: str = "digits"
     partition: str = "auto"
-    num_clients: int = 20
+    num_clients: int = 20  # clients C (some sources fix it: hcfmtl_lite, floral_synthetic multiples)
     alpha: float = 0.3  # Dirichlet concentration (both conventions); smaller = more skew
     min_size: int = 10  # dirichlet_label: resample until every client has at least this many
     classes_per_client: int = 2  # pathological
@@ -61,10 +61,10 @@ class DataConfig:
     # Not used by synthetic (FedProx's own 90/10 split per device).
     test_fraction: float = 0.2
     global_test_fraction: float = 0.2  # sources without a test split: held-out test pool share
-    synthetic_alpha: float = 0.0
-    synthetic_beta: float = 0.0
-    synthetic_iid: bool = False
-    synthetic_features: int = 60
+    synthetic_alpha: float = 0.0  # synthetic: FedProx Synthetic(alpha, beta) model heterogeneity
+    synthetic_beta: float = 0.0  # synthetic: data (input) heterogeneity
+    synthetic_iid: bool = False  # synthetic: the IID variant (one shared model and input law)
+    synthetic_features: int = 60  # synthetic: input dimension
     # partition=clusters: how cluster c transforms its clients' rows. rotate: images by
     # (360 // num_clusters) * c degrees counter-clockwise (image sources only); label_shift:
     # y -> (y + c) mod num_classes (classification only). Other partitions ignore both fields.
@@ -98,13 +98,13 @@ class DataConfig:
 class ModelConfig:
     """Model architecture. ``auto`` picks ``cnn`` for images and ``mlp`` for vectors."""
 
-    name: str = "auto"
+    name: str = "auto"  # auto | a model of `fedjax-sim list` (auto: cnn for images, mlp for vectors)
     hidden: tuple[int, ...] = (200, 200)  # mlp hidden widths; () = a linear model
     head_layers: int = 1  # dense layers in the personal head
     # multi-task data (models.multitask): encoder and per-task decoder widths (HC-FMTL-lite's
     # 32 -> 64 -> 64 and 64 -> 32 -> 32); model.hidden is the single-task MLP's
     encoder: tuple[int, ...] = (64, 64)
-    decoder: tuple[int, ...] = (32, 32)
+    decoder: tuple[int, ...] = (32, 32)  # multi-task: each task decoder's widths
 
 
 @dataclasses.dataclass
@@ -112,11 +112,11 @@ class LocalConfig:
     """Client-side training: any optax optimizer (``fedjax-sim list`` names them)."""
 
     optimizer: str = "sgd"  # sgd | momentum (sgd + local.momentum) | adam | adamw | ... (optax)
-    lr: float = 0.05
+    lr: float = 0.05  # client learning rate
     momentum: float = 0.9  # used by ``momentum``
     optimizer_args: str = ""  # extra optax hyper-parameters, e.g. "b1=0.9,eps=1e-6"
-    weight_decay: float = 0.0
-    batch_size: int = 16
+    weight_decay: float = 0.0  # decoupled weight decay of the client optimizer
+    batch_size: int = 16  # client batch size
     epochs: int = 1  # local epochs over the client's data (used when steps == 0)
     # multi-task data: local epochs of each input domain's clients, e.g. 1,2 (FedHCA2: PASCAL
     # clients 1, NYUD clients 4; HC-FMTL-lite A 1, B 2); () = local.epochs for every client
@@ -131,9 +131,9 @@ class ServerConfig:
     """Server-side aggregation: the mean client delta is a pseudo-gradient for this optimizer."""
 
     optimizer: str = "sgd"  # sgd | momentum | adam | ... (optax), applied to the mean client delta
-    lr: float = 1.0
-    momentum: float = 0.9
-    optimizer_args: str = ""
+    lr: float = 1.0  # server learning rate on the mean client delta (1 with sgd = plain averaging)
+    momentum: float = 0.9  # used by ``momentum``
+    optimizer_args: str = ""  # extra optax hyper-parameters, e.g. "b1=0.9"
     weighting: str = "samples"  # samples | uniform
 
 
@@ -155,8 +155,8 @@ class ClockConfig:
     speed: str = "none"  # none | constant | lognormal | exponential
     sigma: float = 1.0  # lognormal: sigma of log speed
     noise: float = 0.25  # sigma of the per-job log-normal factor (0 = none)
-    straggler_fraction: float = 0.0
-    straggler_slowdown: float = 10.0
+    straggler_fraction: float = 0.0  # share of the clients that are stragglers
+    straggler_slowdown: float = 10.0  # the stragglers' time multiplier
     concurrency: int = 0  # asynchronous methods: jobs in flight; 0 = cohort (or all clients)
     server_time: float = 0.0  # virtual time charged per server update
     # > 0: each seed stops at its first evaluation at or past this virtual time (``rounds`` is
@@ -190,26 +190,26 @@ class FedGCConfig:
     """
 
     generator: str = "gmm"  # gmm | vae | real (held-out real rows: best case) | noise (worst case)
-    budget: float = 1.0
+    budget: float = 1.0  # generated rows per real row, in total (0 = plain training)
     client_allocation: str = "equal"
     allocation: str = "equal"
-    gamma: float = 1.0
-    rho: float = 0.5
+    gamma: float = 1.0  # allocation=inverse_pow: (n + 1) ** -gamma
+    rho: float = 0.5  # allocation=mixed: rho * equal + (1 - rho) * inverse
     prompt: str = "multiple"
-    prompts: int = 4
+    prompts: int = 4  # prompt=multiple: templates (heaviest modes) per class, at most components
     guidance: str = "both"
-    strength: float = 0.5
-    cfg_weight: float = 0.0
-    temperature: float = 1.0
-    domain_gap: float = 0.0
-    label_noise: float = 0.0
+    strength: float = 0.5  # guidance strength s in [0, 1]: 0 copies the private row, 1 ignores it
+    cfg_weight: float = 0.0  # classifier-free guidance weight w >= 0
+    temperature: float = 1.0  # sampling temperature tau > 0 (times 0.5 single, 1.5 llm prompts)
+    domain_gap: float = 0.0  # a fixed shift of every generated row, in public-split stds
+    label_noise: float = 0.0  # probability that a generated row depicts another class than its label
     strategy: str = "mixed"
-    strategy_rounds: int = 0
+    strategy_rounds: int = 0  # gen_first / real_first: rounds of the first phase; 0 = half the run
     filter: str = "none"
-    filter_threshold: float = 0.0
+    filter_threshold: float = 0.0  # filter: keep rows whose label probability >= this; 0 = argmax
     components: int = 8  # prompt modes S per class (gmm components; vae latent modes)
-    vae_steps: int = 2000
-    vae_latent: int = 8
+    vae_steps: int = 2000  # vae: Adam steps of generator training
+    vae_latent: int = 8  # vae: latent dimension
     # a generator file written by an earlier run (<run>/generators/*.msgpack): reused instead of
     # fitting; refused when it was fitted on rows this run gives to clients or tests
     generator_path: str = ""
@@ -267,11 +267,11 @@ def register_section(name: str, cls: type, aliases: dict[str, str] | None = None
 class Config:
     """A whole run. Algorithm sections (`SECTIONS`) are read as attributes, e.g. ``cfg.fedrema``."""
 
-    algorithm: str = "fedavg"
-    rounds: int = 100
+    algorithm: str = "fedavg"  # a registered algorithm (`fedjax-sim list`); the CLI takes several, comma-separated
+    rounds: int = 100  # communication rounds (server updates for asynchronous methods)
     cohort: int = 0  # clients per round; 0 = all clients
-    eval_every: int = 5
-    seed: int = 0
+    eval_every: int = 5  # evaluate (and log a metrics line) every this many rounds, and after the last
+    seed: int = 0  # the run seed: partition (unless data.seed), initialization, every sampled key
     # several seeds (the CLI's --seeds): each varies the partition, initialization and every
     # sampled key; () = just `seed`
     seeds: tuple[int, ...] = ()
@@ -279,8 +279,8 @@ class Config:
     preset: str = ""  # the --preset applied first, if any (recorded; `fedjax-sim list` names them)
     client_mapping: str = "auto"  # auto | vmap | chunked | sequential
     chunk_size: int = 0  # chunked: clients per vmapped block; 0 = measured default
-    out: str = ""
-    checkpoint: bool = False
+    out: str = ""  # the run directory; "" = runs/<time>-<algorithm>-<dataset>
+    checkpoint: bool = False  # write the final state as checkpoint.npz (checkpoint_seed<s>.npz per seed)
     # > 0: summary.json's final.rounds_to_target / time_to_target report when the headline
     # accuracy (global, else personalized) first reached it at an evaluation point
     target_accuracy: float = 0.0
@@ -322,6 +322,33 @@ def to_dict(cfg) -> dict[str, Any]:
 def copy_config(cfg: Config) -> Config:
     """A deep, independent copy."""
     return from_dict(to_dict(cfg))
+
+
+def read_config_file(path, field: str = "--config") -> dict:
+    """The config fields of a JSON file (a config.json of an earlier run works): a dict without
+    its ``resolved`` record and its ``out`` (an earlier run's directory is not this run's).
+    ConfigError naming ``field`` for an unreadable file, a non-object, or a summary.json."""
+    from pathlib import Path
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(field, str(path), f"a readable JSON config file ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(field, str(path), "a JSON object of config fields, e.g. "
+                                            '{"rounds": 50, "local": {"lr": 0.05}}')
+    if "final" in raw and "config" in raw:
+        raise ConfigError(field, str(path), "a config.json, not a run's summary.json (its \"config\" is "
+                                            "the run's config; the run directory has it as config.json)")
+    return {k: v for k, v in raw.items() if k not in ("resolved", "out")}
+
+
+def apply_dict(cfg: Config, raw: dict) -> Config:
+    """Sets every field of ``raw`` (nested sections, or dotted keys such as ``"local.lr"``) on
+    ``cfg``, parsed and checked by `set_field`; returns ``cfg``."""
+    for key, value in _flatten(raw):
+        set_field(cfg, key, value)
+    return cfg
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -443,6 +470,101 @@ def field_type(path: str):
     for part in parents:
         obj = getattr(obj, part)
     return typing.get_type_hints(type(obj))[last]
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """field -> its comment in the dataclass source: the ``#`` lines right above it and the
+    trailing ``#`` of its own line (the config reference is generated from these, so it cannot
+    drift from the code)."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out, above = {}, []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        m = re.match(r"^(\w+)\s*:\s*[^=]+=\s*(.*)$", text)
+        if m and not text.startswith(("def ", "return")):
+            value = m.group(2)
+            trailing = value.split("  # ", 1)[1].strip() if "  # " in value else ""
+            out[m.group(1)] = " ".join([*above, trailing]).strip()
+        above = []
+    # the class docstring's "name: text" / "name / other: text" lines (with their indented
+    # continuation lines) describe the fields that have no comment
+    doc_lines = (cls.__doc__ or "").splitlines()
+    for i, line in enumerate(doc_lines):
+        m = re.match(r"^\s*([a-z_][\w]*(?:\s*(?:/|,)\s*[a-z_]\w*)*):\s+(\S.*)$", line)
+        if not m:
+            continue
+        indent = len(line) - len(line.lstrip())
+        text = [m.group(2).strip()]
+        for nxt in doc_lines[i + 1:]:
+            if nxt.strip() and len(nxt) - len(nxt.lstrip()) > indent:
+                text.append(nxt.strip())
+            else:
+                break
+        for name in re.split(r"\s*[/,]\s*", m.group(1)):
+            if name in {f.name for f in dataclasses.fields(cls)} and not out.get(name):
+                out[name] = " ".join(text)
+    return out
+
+
+def _type_name(typ) -> str:
+    if typing.get_origin(typ) is tuple:
+        return "ints (comma-separated)"
+    return getattr(typ, "__name__", str(typ))
+
+
+def field_table() -> list[tuple[str, str, str, str]]:
+    """(dotted field, type, default, description) of every settable field, fixed sections first
+    then the registered algorithm sections; descriptions are the source comments of each field
+    (`_field_comments`) and, for fields with named options, the allowed values."""
+    cfg = Config()
+    named = {**{f"fedgc.{k}": v for k, v in FEDGC_CHOICES.items()}, "clock.speed": SPEEDS}
+    comments: dict[type, dict] = {}
+    rows = []
+    for name in field_names(cfg):
+        *parents, last = name.split(".")
+        owner = cfg
+        for part in parents:
+            owner = getattr(owner, part)
+        cls = type(owner)
+        if cls not in comments:
+            comments[cls] = _field_comments(cls)
+        default = getattr(owner, last)
+        shown = (",".join(map(str, default)) or "()") if isinstance(default, tuple) else json.dumps(default)
+        doc = comments[cls].get(last, "")
+        if not doc and parents and parents[0] in SECTIONS:  # documented in its section's module
+            doc = f"see the {parents[0]} section in {cls.__module__.replace('.', '/')}.py"
+        if name in named:
+            doc = (doc + "; " if doc else "") + "one of " + ", ".join(named[name])
+        rows.append((name, _type_name(typing.get_type_hints(cls)[last]), shown, doc))
+    return rows
+
+
+def field_reference(markdown: bool = False) -> str:
+    """`field_table` as text: aligned columns for a terminal, or the markdown of
+    docs/config.md (``fedjax-sim list --fields --markdown``)."""
+    rows = field_table()
+    if markdown:
+        esc = lambda t: t.replace("|", "\\|")  # noqa: E731
+        lines = ["# Configuration reference", "",
+                 "Generated by `fedjax-sim list --fields --markdown` from the config classes and their "
+                 "comments (do not edit; `tests/test_reliability.py` checks it is current). Set any field "
+                 "with `--set KEY=VALUE`, in a JSON config, or as `section__field=` in `fedjax_sim.run`.", "",
+                 "| field | type | default | description |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {t} | `{d}` | {esc(doc)} |" for n, t, d, doc in rows]
+        return "\n".join(lines) + "\n"
+    width = max(len(r[0]) for r in rows)
+    twidth = max(len(r[1]) for r in rows)
+    dwidth = min(max(len(r[2]) for r in rows), 16)
+    return "\n".join(f"{n:{width}s}  {t:{twidth}s}  {d:{dwidth}s}  {doc}" for n, t, d, doc in rows)
 
 
 def with_values(cfg: Config, values: dict[str, Any]) -> Config:

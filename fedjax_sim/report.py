@@ -81,16 +81,21 @@ def step_at(times, values, grid) -> np.ndarray:
 
 
 def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) -> None:
-    """One curve per run of ``key`` against round (default: ``personalized_<headline>`` of the
-    first run). With several seeds: the mean over the seeds that finished, and a band from their
-    min to max (a diverged seed's records are left out)."""
+    """Writes `comparison_figure` to ``path``."""
+    comparison_figure(run_dirs, key).savefig(path, dpi=120)
+
+
+def comparison_figure(run_dirs: list[Path], key: str | None = None):
+    """A matplotlib Figure (no pyplot state, so it works in scripts and notebooks alike) with one
+    curve per run of ``key`` against round (default: ``personalized_<headline>`` of the first
+    run). With several seeds: the mean over the seeds that finished, and a band from their min to
+    max (a diverged seed's records are left out)."""
     if key is None:
         key = "personalized_" + headline(json.loads((Path(run_dirs[0]) / "summary.json").read_text()))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     seeds_shown = 1
     histories = []
     for d in run_dirs:
@@ -122,8 +127,7 @@ def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,3 +117,72 @@ def test_json_writes_are_atomic(tmp_path):
         jsonio.write_json(path, {"x": object()})
     assert json.loads(path.read_text()) == {"x": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Python API and the field reference
+
+
+def test_python_api_runs_loads_compares_and_plots(tmp_path):
+    import fedjax_sim as fs
+
+    a = fs.run({"algorithm": "fedavg", "rounds": 2, "local": {"lr": 0.1}}, seeds=2, out=tmp_path / "a",
+               data__num_clients=6, model__hidden=(8,))
+    assert a.status == "ok" and a.seeds == [0, 1] and a.config["local"]["lr"] == 0.1
+    assert a.final == json.loads((tmp_path / "a" / "summary.json").read_text())["final"]
+    rounds, values = a.history("global_accuracy", seed=1)
+    assert rounds == [0, 2] and len(values) == 2
+    b = fs.run(tmp_path / "a", algorithm="local", out=tmp_path / "b")  # a run directory as config
+    assert b.config["data"]["num_clients"] == 6 and b.seeds == [0, 1]
+    c = fs.compare([tmp_path / "a", b], baselines=["fedavg"])
+    assert "Δ vs fedavg" in c.table and c._repr_markdown_() == c.table
+    fig = fs.plot([a, fs.load_run(tmp_path / "b")])
+    assert len(fig.axes[0].lines) == 2
+    assert "fedavg on digits" in repr(a)
+
+
+@pytest.mark.parametrize("call,field", [
+    (lambda fs, p: fs.run({"local": {"lr": -1}}, out=p), "local.lr"),
+    (lambda fs, p: fs.run(rounds=0, out=p), "rounds"),
+    (lambda fs, p: fs.run({"algorithm": "fedavg,local"}, out=p), "algorithm"),
+    (lambda fs, p: fs.run(p / "missing.json", out=p / "x"), "config"),
+    (lambda fs, p: fs.load_run(p), "path"),
+])
+def test_python_api_bad_input_raises_config_error_before_writing(call, field, tmp_path):
+    import fedjax_sim as fs
+
+    out = tmp_path / "out"
+    with pytest.raises(fs.ConfigError) as e:
+        call(fs, out)
+    assert e.value.field == field
+    assert not out.exists()
+
+
+def test_python_api_returns_a_diverged_result_with_a_warning(tmp_path):
+    import fedjax_sim as fs
+
+    with pytest.warns(RuntimeWarning, match="server.lr"):
+        r = fs.run(algorithm="fedavg", rounds=1, out=tmp_path / "d", data__num_clients=6, server__lr=1e30)
+    assert r.status == "diverged"
+
+
+def test_list_fields_prints_every_field_with_type_default_and_description(capsys):
+    from fedjax_sim import config as config_lib
+
+    assert cli.main(["list", "--fields"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(config_lib.field_names())
+    by_name = {line.split()[0]: line for line in lines}
+    assert "float" in by_name["local.lr"] and "0.05" in by_name["local.lr"]
+    assert "one of gmm, vae, real, noise" in by_name["fedgc.generator"]
+    assert all(len(line.split(None, 3)) == 4 or line.split()[0] == "seeds" for line in lines)
+
+
+def test_the_config_reference_in_docs_is_current():
+    from pathlib import Path
+
+    from fedjax_sim import config as config_lib
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert path.read_text() == config_lib.field_reference(markdown=True), \
+        "docs/config.md is stale: regenerate it with fedjax-sim list --fields --markdown > docs/config.md"
