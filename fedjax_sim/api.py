@@ -167,14 +167,21 @@ class Comparison:
         return self.table
 
 
-def compare(runs, baselines: list[str] | None = None, metric: str | None = None) -> Comparison:
-    """`report.comparison_table` of several runs (run directories or `Result`s, one per
-    algorithm name), paired by seed against ``baselines`` (default: the first run)."""
+def compare(runs, baselines: list[str] | None = None, metric: str | None = None,
+            names: list[str] | None = None) -> Comparison:
+    """`report.comparison_table` of several runs (run directories or `Result`s), one row per
+    run named by its algorithm or by ``names`` (needed when runs share an algorithm, e.g. a
+    budget sweep), paired by seed against ``baselines`` (row names; default: the first run)."""
     from fedjax_sim.report import comparison_table
 
     results = _results(runs)
-    summaries = [r.summary for r in results]
+    if names is not None and len(names) != len(results):
+        raise ConfigError("names", ",".join(map(str, names)), f"{len(results)} names, one per run")
+    summaries = [r.summary if names is None else {**r.summary, "algorithm": n} for r, n in
+                 zip(results, names or [None] * len(results))]
     names = [s["algorithm"] for s in summaries]
+    if len(set(names)) != len(names):
+        raise ConfigError("names", ",".join(names), "distinct row names (runs of one algorithm need names=)")
     base = list(baselines) if baselines is not None else names[:1]
     unknown = [b for b in base if b not in names]
     if unknown:

@@ -123,6 +123,9 @@ def comparison_figure(run_dirs: list[Path], key: str | None = None):
             ax.fill_between(rounds, [min(v) for v in per_round], [max(v) for v in per_round],
                             color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xlabel("virtual time" if clocked else "round")
+    if not clocked:  # rounds are integers: no fractional ticks
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key.replace("_", " ") + (" (mean over seeds, band: min-max)" if seeds_shown > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -352,9 +355,7 @@ def seed_points_plot(summaries: list[dict], path, metric: str | None = None,
     """Strip plot of final values per seed: one column per algorithm (in summary order), one
     point per seed, the mean with its ``level`` bootstrap interval as an error bar, and light
     grey lines joining the same seed id across columns (the pairing the Δ columns use)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     runs = _by_algorithm(summaries)
     metric = metric or _pick_metric(summaries)
@@ -366,7 +367,8 @@ def seed_points_plot(summaries: list[dict], path, metric: str | None = None,
         return
     offset = _jitter(list(set().union(*values.values())))
 
-    fig, ax = plt.subplots(figsize=(max(3.5, 1.3 * len(runs) + 1.5), 3.8))
+    fig = Figure(figsize=(max(3.5, 1.3 * len(runs) + 1.5), 3.8))
+    ax = fig.subplots()
     for seed in offset:  # pairing lines first, so points and means draw on top
         xs = [(i + offset[seed], scale * v[seed]) for i, v in enumerate(values.values()) if seed in v]
         if len(xs) > 1:
@@ -387,4 +389,3 @@ def seed_points_plot(summaries: list[dict], path, metric: str | None = None,
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

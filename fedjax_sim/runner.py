@@ -330,11 +330,10 @@ def save_checkpoint(state, path: Path) -> None:
 def plot_history(history: list[dict], path: Path, title: str, headline: str = "accuracy") -> None:
     """The task's headline metric per evaluated round (global and personalized where present);
     with several seeds (records carry ``seed``) one thin line per seed and their mean."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     seeds = sorted({h.get("seed", 0) for h in history})
     # on a virtual clock the x axis is time (seeds then differ in x: no mean line over seeds)
     x_key = "virtual_time" if history and all("virtual_time" in h for h in history) else "round"
@@ -363,13 +362,15 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
             rounds, values = next(iter(curves.values()))
         ax.plot(rounds, values, color=color, marker="o", ms=3, label=label)
     ax.set_xlabel(x_key.replace("_", " "))
+    if x_key == "round":  # rounds are integers: no fractional ticks
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(headline)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def with_out(cfg: config_lib.Config, out: str) -> config_lib.Config:
