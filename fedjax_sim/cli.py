@@ -6,12 +6,13 @@ anything compiles; a diverged run exits with code 3 after keeping what it wrote.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from fedjax_sim import jsonio
+from fedjax_sim import checkpoints, jsonio
 from fedjax_sim.errors import ConfigError, DataUnavailableError, DivergedError
 
 # The default experiment: FedAvg vs Local on the embedded digits, Dirichlet(0.3) over 20 clients.
@@ -20,7 +21,8 @@ DEFAULT_ALGORITHMS = "fedavg,local"
 RUN_FLAGS = {  # flag -> config field
     "algorithm": "algorithm", "dataset": "data.dataset", "partition": "data.partition",
     "clients": "data.num_clients", "rounds": "rounds", "seed": "seed", "cohort": "cohort",
-    "trials": "trials", "generative": "generative",
+    "trials": "trials", "generative": "generative", "checkpoint_every": "checkpoint_every",
+    "tensorboard": "tensorboard",
 }
 
 
@@ -40,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baselines", help="algorithms of the comparison to pair every other one with in "
                                        "results.md (default: all of them)")
     _common_run_args(r)
+    r.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its checkpoint (its "
+                                                   "config.json decides everything; no other option)")
+    r.add_argument("--tensorboard", action="store_const", const=True, default=None,
+                   help="also write TensorBoard event files (<run>/tensorboard; needs tensorboardX)")
+    r.add_argument("--checkpoint-every", metavar="N", help="checkpoint the round loop every N rounds so "
+                                                           "--resume can continue a killed run (default: only "
+                                                           "when interrupted by Ctrl-C / SIGTERM)")
     w = sub.add_parser("sweep", help="a grid of hyper-parameters over seeds, selected on a validation "
                                      "split carved from each client's training rows (test rows unseen)")
     w.add_argument("--algorithm", default=None, help="algorithm(s) to tune, separated by commas "
@@ -217,6 +226,9 @@ def cmd_run(a) -> int:
     from fedjax_sim import config as config_lib
     from fedjax_sim import runner, trials
 
+    if a.resume is not None:
+        return cmd_resume(a)
+
     cfg = config_from_args(a)
     algorithms = _algorithm_list(a, cfg, DEFAULT_ALGORITHMS)
     baselines = algorithms
@@ -245,8 +257,11 @@ def cmd_run(a) -> int:
     cache = _DataCache(progress=not a.no_progress)
     prepared = [cache.prepare(g) for g in groups]
     summaries = []
-    for pg in prepared:
-        summaries += trials.run_group(pg, progress=not a.no_progress)
+    with _interruptible():
+        for pg in prepared:
+            summaries += trials.run_group(pg, progress=not a.no_progress)
+            if checkpoints.Interrupt.requested():
+                return _interrupted(summaries, algorithms[len(summaries):])
     from fedjax_sim.report import comparison_plot, comparison_table, seed_points_plot, summary_table
     table = summary_table(summaries)
     if len(seeds) > 1:  # with one seed there is no spread and nothing to pair
@@ -260,6 +275,67 @@ def cmd_run(a) -> int:
     if len(seeds) > 1:
         seed_points_plot(summaries, Path(base_out, "seeds.png"))
     print(f"\nrun directory: {base_out}")
+    trials.raise_if_diverged(summaries)
+    return 0
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT / SIGTERM stop the run after its current block (`checkpoints.Interrupt`)."""
+    checkpoints.Interrupt.install()
+    try:
+        yield
+    finally:
+        checkpoints.Interrupt.uninstall()
+
+
+def _interrupted(summaries: list[dict], not_started: list[str]) -> int:
+    """One line on how to resume; the exit code of the signal (130 SIGINT, 143 SIGTERM)."""
+    s = summaries[-1]
+    out = s["config"]["out"]
+    rest = f"; not started: {', '.join(not_started)}" if not_started else ""
+    print(f"fedjax-sim: interrupted after round {s['rounds_completed']} of {s['config']['rounds']}: "
+          f"checkpoint, partial summary.json and plots are in {out}; resume with: "
+          f"fedjax-sim run --resume {out}{rest}", file=sys.stderr)
+    return checkpoints.Interrupt.exit_code()
+
+
+def cmd_resume(a) -> int:
+    """``fedjax-sim run --resume DIR``: continue an interrupted run from its checkpoint."""
+    from fedjax_sim import algorithms  # noqa: F401  (registers the algorithms' config sections)
+    from fedjax_sim import config as config_lib
+    from fedjax_sim import trials
+
+    path = Path(a.resume)
+    given = [f"--{k.replace('_', '-')}" for k in (*RUN_FLAGS, "out", "config", "seeds", "preset", "baselines")
+             if getattr(a, k, None) is not None] + (["--set"] if a.set else [])
+    if given:
+        raise ConfigError("--resume", a.resume, f"alone (the run's config.json decides everything; also given: "
+                                                f"{', '.join(given)})")
+    if not (path / "config.json").is_file():
+        subs = sorted(p.name for p in path.glob("*/config.json")) if path.is_dir() else []
+        hint = f" (a comparison: resume one of its runs, e.g. {path / Path(subs[0]).parent})" if subs else ""
+        raise ConfigError("--resume", a.resume, f"a run directory holding config.json{hint}")
+    if (path / "summary.json").is_file():
+        status = json.loads((path / "summary.json").read_text()).get("status")
+        if status != "interrupted":
+            raise ConfigError("--resume", a.resume, f"an interrupted run (its summary.json says status {status}: "
+                                                    "it finished)")
+    if not any(checkpoints.exists(d) for d in [path / "resume", *path.glob("resume_seed*")]):
+        raise ConfigError("--resume", a.resume, "a run directory with a checkpoint (resume/progress.json: "
+                                                "written every --checkpoint-every N rounds and on Ctrl-C)")
+    cfg = config_lib.apply_dict(config_lib.Config(), config_lib.read_config_file(path / "config.json"))
+    cfg.out = str(path)
+    config_lib.validate(cfg)
+    group = trials.Group([cfg], [str(path)], trials.run_seeds(cfg), ())
+    pg = trials.prepare_group(group, progress=not a.no_progress)
+    with _interruptible():
+        summaries = trials.run_group(pg, progress=not a.no_progress, resume=True)
+        if checkpoints.Interrupt.requested() and summaries[0]["status"] == "interrupted":
+            return _interrupted(summaries, [])
+    from fedjax_sim.report import summary_table
+    print(summary_table(summaries))
+    print(f"\nrun directory: {path}")
     trials.raise_if_diverged(summaries)
     return 0
 

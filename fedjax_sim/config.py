@@ -281,6 +281,13 @@ class Config:
     chunk_size: int = 0  # chunked: clients per vmapped block; 0 = measured default
     out: str = ""  # the run directory; "" = runs/<time>-<algorithm>-<dataset>
     checkpoint: bool = False  # write the final state as checkpoint.npz (checkpoint_seed<s>.npz per seed)
+    # > 0: checkpoint the round loop every this many rounds (at the end of the evaluation block
+    # that reaches a multiple; <run>/resume, orbax) so `fedjax-sim run --resume DIR` can continue
+    # it; 0 = only when interrupted (SIGINT / SIGTERM)
+    checkpoint_every: int = 0
+    # also write every metrics line as TensorBoard scalars (<run>/tensorboard, tag <metric>/seed<s>;
+    # needs tensorboardX: pip install "fedjax_sim[tensorboard]")
+    tensorboard: bool = False
     # > 0: summary.json's final.rounds_to_target / time_to_target report when the headline
     # accuracy (global, else personalized) first reached it at an evaluation point
     target_accuracy: float = 0.0
@@ -622,6 +629,8 @@ def validate(cfg: Config) -> None:
           f"-1 (the run seed) or an integer in [0, {2 ** 31 - 1}]")
     check(cfg.cohort >= 0, "cohort", cfg.cohort, "an integer >= 0 (0 = all clients)")
     check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1")
+    check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
+          "an integer >= 0 (rounds between resumable checkpoints; 0 = only when interrupted)")
     check(cfg.chunk_size >= 0, "chunk_size", cfg.chunk_size, "an integer >= 0 (0 = default)")
     mappings = ("auto", "vmap", "chunked", "sequential")
     check(cfg.client_mapping in mappings, "client_mapping", cfg.client_mapping, "one of " + ", ".join(mappings))
@@ -737,7 +746,8 @@ MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment
 # Fields a grid may not vary: seeds have --seeds, algorithms --algorithm; data.* and task.*
 # define the problem (a sweep that selects among them picks the easiest problem, or the luckiest
 # partition); the rest name or observe the run without changing what is trained.
-NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials", "eval_every", "checkpoint",
+NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials", "eval_every", "checkpoint", "checkpoint_every",
+                 "tensorboard",
                  "client_mapping", "chunk_size")
 NOT_GRIDDABLE_SECTIONS = ("data", "task")
 

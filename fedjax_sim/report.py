@@ -80,6 +80,9 @@ def step_at(times, values, grid) -> np.ndarray:
     return values[np.maximum(idx, 0)]
 
 
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--"), ("P", "-."), ("*", ":")]
+
+
 def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) -> None:
     """Writes `comparison_figure` to ``path``."""
     comparison_figure(run_dirs, key).savefig(path, dpi=120)
@@ -118,7 +121,10 @@ def comparison_figure(run_dirs: list[Path], key: str | None = None):
         rounds = sorted({h["round"] for h in hist})
         per_round = [[h[key] for h in hist if h["round"] == r] for r in rounds]
         seeds_shown = max(seeds_shown, max((len(v) for v in per_round), default=1))
-        line, = ax.plot(rounds, [np.mean(v) for v in per_round], marker="o", ms=3, label=summary["algorithm"])
+        # a marker and dash pattern per run, so curves that coincide stay distinguishable
+        style = STYLES[len(ax.lines) % len(STYLES)]
+        line, = ax.plot(rounds, [np.mean(v) for v in per_round], marker=style[0], ls=style[1], ms=4,
+                        mfc="none", label=summary["algorithm"])
         if seeds_shown > 1:
             ax.fill_between(rounds, [min(v) for v in per_round], [max(v) for v in per_round],
                             color=line.get_color(), alpha=0.15, lw=0)

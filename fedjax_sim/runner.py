@@ -149,6 +149,12 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
 
     config_lib.validate(cfg)
     check_name(cfg.algorithm)
+    if cfg.tensorboard:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise ConfigError("tensorboard", True, 'false, or install tensorboardX first (pip install '
+                                                   '"fedjax_sim[tensorboard]")') from None
     stats = None
     if data is None:
         validate_data_config(cfg.data)
@@ -268,7 +274,7 @@ def _default_out(cfg) -> str:
 
 
 RESULT_FILES = ("metrics.jsonl", "summary.json", "results.md", "comparison.png", "sweep.md",
-                "sweep.json", "best_config.json")
+                "sweep.json", "best_config.json", "config.json")  # config.json: maybe the user's own
 
 
 def check_out_dir(out: str) -> None:
@@ -278,7 +284,9 @@ def check_out_dir(out: str) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError("--out", out, "a directory path (it is a file)")
     if path.exists() and any((path / f).exists() for f in RESULT_FILES):
-        raise ConfigError("--out", out, "a new or empty directory (it holds another run's results)")
+        held = next(f for f in RESULT_FILES if (path / f).exists())
+        raise ConfigError("--out", out, f"a new or empty directory (it holds {held}: another run's results, "
+                                        "or a file of yours that a run would overwrite)")
     ancestor = path.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -327,9 +335,11 @@ def save_checkpoint(state, path: Path) -> None:
     np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
 
 
-def plot_history(history: list[dict], path: Path, title: str, headline: str = "accuracy") -> None:
+def plot_history(history: list[dict], path: Path, title: str, headline: str = "accuracy",
+                 diverged: list | None = None) -> None:
     """The task's headline metric per evaluated round (global and personalized where present);
-    with several seeds (records carry ``seed``) one thin line per seed and their mean."""
+    with several seeds (records carry ``seed``) one thin line per seed and their mean.
+    ``diverged``: [(seed, round)] of seeds that diverged, drawn as red dashed lines at that round."""
     from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 
     fig = Figure(figsize=(5, 3.5))
@@ -361,6 +371,10 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
         else:
             rounds, values = next(iter(curves.values()))
         ax.plot(rounds, values, color=color, marker="o", ms=3, label=label)
+    for i, (seed, rnd) in enumerate(diverged or []):
+        if x_key == "round":
+            ax.axvline(rnd, color="red", ls="--", lw=1,
+                       label=f"diverged (seed {seed}, round {rnd})" if i < 3 else None)
     ax.set_xlabel(x_key.replace("_", " "))
     if x_key == "round":  # rounds are integers: no fractional ticks
         from matplotlib.ticker import MaxNLocator

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_sim import checkpoints, jsonio
 from fedjax_sim import config as config_lib
-from fedjax_sim import jsonio
 from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.core.privacy import membership_inference
@@ -257,11 +257,13 @@ class _Trial:
         self.history: list[dict] = []
         self.per_client: list = []
         self.report: dict = {}
+        self.diverged_at: int | None = None  # the round whose loss or model was first non-finite
 
 
 class UnitResult(NamedTuple):
     trials: list  # [_Trial]
     timing: dict
+    interrupted: bool = False  # stopped after a block by `checkpoints.Interrupt`
 
 
 def _lead(tree, axes: _Axes):
@@ -277,11 +279,18 @@ def _lead(tree, axes: _Axes):
 
 
 def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list, swept: tuple,
-             axes: _Axes, writers: list, progress: bool, multi_seed: bool = False) -> UnitResult:
+             axes: _Axes, writers: list, progress: bool, multi_seed: bool = False,
+             resume_dir: Path | None = None, resume: bool = False) -> UnitResult:
     """Runs the trials ``seeds`` x ``points`` as one program (``axes`` mapped) and streams each
     trial's evaluations to ``writers[point]``; returns the per-trial records and the timing.
     ``multi_seed``: the points run more seeds than this unit's (checkpoints are named per seed:
-    ``checkpoint_seed<s>.npz``; a single-seed run keeps ``checkpoint.npz``)."""
+    ``checkpoint_seed<s>.npz``; a single-seed run keeps ``checkpoint.npz``).
+
+    ``resume_dir`` (`checkpoints.directory`): where this unit checkpoints its round loop, every
+    ``checkpoint_every`` rounds and when `checkpoints.Interrupt` is raised (then it stops after
+    the current block: ``UnitResult.interrupted``); None = no checkpoints. ``resume``: continue
+    from the checkpoint there (metrics.jsonl records after it are dropped), or, when the unit
+    had finished, rebuild its trials without running."""
     from fedjax_sim import runner
 
     prep = preps_by_seed[0][0]  # the program's template (its static structure is the group's)
@@ -290,6 +299,12 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
     trials = [[_Trial(s, p) for p in points] for s in seeds]
     g_key, p_key, per_client_key = runner.headline_keys(prep.task)
     block_len = min(cfg.eval_every, cfg.rounds)
+    saved = None
+    if resume and resume_dir is not None and checkpoints.exists(resume_dir):
+        saved = json.loads((resume_dir / checkpoints.PROGRESS).read_text())
+        _restore_trials(trials, saved, configs, points, seeds)
+        if saved.get("complete"):  # this unit had finished before the interruption
+            return UnitResult([t for row in trials for t in row], saved["timing"])
     with count_compiles() as all_compiles:
         data = jax.device_put(data)
         keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
@@ -308,6 +323,12 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         virtual_time = np.zeros((S, G))
         program = _program(prep, swept, configs, axes)
         state = program.init(program.hp, k_init, data)
+        train_s, samples, block_compiles, first_block = 0.0, 0.0, 0, 0
+        if saved is not None:  # continue from the checkpoint: same keys, restored state
+            state, saved = checkpoints.load(resume_dir, jax.eval_shape(lambda: state))
+            virtual_time = np.asarray(saved["virtual_time"], np.float64)
+            train_s, samples, block_compiles = saved["train_seconds"], saved["samples"], saved["block_compiles"]
+            first_block = saved["block"] + 1
 
         def inputs_for(lo, count):
             make = lambda k, e: round_inputs(k, lo, count, block_len, e)
@@ -332,16 +353,28 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                         t.message = (f"seed {t.seed} diverged at round {rnd}: the model's {bad[0]} is "
                                      f"{rec[bad[0]]} after the server update ({_hint(configs[j], 'server')})")
                         rec["status"] = "diverged"
+                        t.diverged_at = rnd
                         writers[t.point](rec)
                         t.done = t.history[-1]["round"] if t.history else 0  # the last finite model
                         continue
                     t.history.append(rec)
                     writers[t.point](rec)
 
-        log_eval(0, {"virtual_time": virtual_time.tolist()} if clocked else {})
+        if saved is None:
+            log_eval(0, {"virtual_time": virtual_time.tolist()} if clocked else {})
         bar = runner._progress(cfg.rounds, progress, cfg.algorithm + (f" x{S * G}" if S * G > 1 else ""))
-        train_s, samples, block_compiles = 0.0, 0.0, 0
-        for b in range(math.ceil(cfg.rounds / block_len)):
+        if bar is not None and first_block:
+            bar.update(min(first_block * block_len, cfg.rounds))
+        interrupted = False
+        every = cfg.checkpoint_every
+
+        def save_progress(b: int, rnd: int, complete: bool = False):
+            checkpoints.save(resume_dir, state, {
+                "round": rnd, "block": b, "complete": complete, "virtual_time": virtual_time.tolist(),
+                "train_seconds": train_s, "samples": samples, "block_compiles": block_compiles,
+                "seeds": list(seeds), "trials": [[_trial_record(t) for t in row] for row in trials]})
+
+        for b in range(first_block, math.ceil(cfg.rounds / block_len)):
             lo = b * block_len
             count = min(block_len, cfg.rounds - lo)
             inputs = inputs_for(lo, count)
@@ -352,7 +385,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                 metrics = _lead(metrics, axes)  # leaves [S, G, L]
             train_s += time.perf_counter() - t0 - compiles.seconds
             block_compiles += compiles.compiles
-            if b > 0 and compiles.compiles:
+            if b > first_block and compiles.compiles:
                 print(f"fedjax-sim: warning: the round block recompiled in block {b + 1} (a state or "
                       f"input changed shape or dtype); see timing.round_block_compiles", file=sys.stderr)
             losses = metrics["train_loss"][..., :count]
@@ -364,6 +397,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     if t.status == "ok" and not t.stopped and not np.all(np.isfinite(losses[i, j])):
                         bad = lo + int(np.argmin(np.isfinite(losses[i, j]))) + 1
                         t.status = "diverged"
+                        t.diverged_at = bad
                         t.message = (f"seed {t.seed} diverged at round {bad}: the training loss is "
                                      f"{losses[i, j, bad - lo - 1]} ({_hint(configs[j], 'local')})")
                         # the rounds of this block before the divergence finished: keep their
@@ -401,6 +435,15 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                 if ok:
                     shown = np.mean([h.get(g_key, h.get(p_key)) for h in ok])
                     bar.set_postfix({prep.task.headline[:12]: f"{shown:.3f}"})
+            for hook in BLOCK_HOOKS:  # tests: e.g. raise the interrupt after a given round
+                hook(lo + count)
+            done_all = lo + count >= cfg.rounds
+            if resume_dir is not None and not done_all and (
+                    checkpoints.Interrupt.requested() or (every and (lo + count) // every > lo // every)):
+                save_progress(b, lo + count)
+            if checkpoints.Interrupt.requested() and not done_all:
+                interrupted = True
+                break
         if bar is not None:
             bar.close()
         short = [(t.seed, virtual_time[i, j]) for i, row in enumerate(trials) for j, t in enumerate(row)
@@ -429,7 +472,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
             for j in range(G):
                 trials[i][j].report.update({f"fedgc_{k}": v for k, v in stats.items()
                                             if isinstance(v, (int, float))})
-        if cfg.checkpoint:
+        if cfg.checkpoint and not interrupted:
             st = _lead(state, axes)
             for i, s in enumerate(seeds):
                 for j in range(G):
@@ -439,7 +482,58 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
               "samples_per_second": samples / train_s if train_s > 0 else 0.0,
               "compiles": all_compiles.compiles, "round_block_compiles": block_compiles,
               "trials_in_program": S * G}
-    return UnitResult([t for row in trials for t in row], timing)
+    if resume_dir is not None and not interrupted:
+        # a finished unit: its trials, so a resume of the run (interrupted in a later unit) keeps them
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        jsonio.write_json(resume_dir / checkpoints.PROGRESS, {
+            "round": cfg.rounds, "complete": True, "timing": timing, "seeds": list(seeds),
+            "trials": [[_trial_record(t) for t in row] for row in trials]})
+        for old in resume_dir.glob("state-*"):
+            checkpoints.remove(old)
+    return UnitResult([t for row in trials for t in row], timing, interrupted)
+
+
+def _tensorboard(boards: dict, j: int, out: Path, rec: dict) -> None:
+    """A metrics line as TensorBoard scalars (tag ``<metric>/seed<s>``, step = round); lists
+    (per-client values) and non-finite numbers are left to metrics.jsonl."""
+    if j not in boards:
+        from tensorboardX import SummaryWriter
+
+        boards[j] = SummaryWriter(logdir=str(out / "tensorboard"))
+    step, seed = int(rec["round"]), rec.get("seed", 0)
+    for key, value in rec.items():
+        if key in ("round", "seed") or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            boards[j].add_scalar(f"{key}/seed{seed}", value, step)
+
+
+BLOCK_HOOKS: list = []  # callables of the round just finished, after each block (tests)
+
+
+def _trial_record(t: "_Trial") -> dict:
+    """What a checkpoint keeps of a trial besides its metrics.jsonl records."""
+    return {"seed": t.seed, "point": t.point, "status": t.status, "message": t.message, "done": t.done,
+            "stopped": t.stopped, "per_client": t.per_client, "report": t.report, "diverged_at": t.diverged_at}
+
+
+def _restore_trials(trials: list, saved: dict, configs: list, points: list, seeds: list) -> None:
+    """Trials from a checkpoint's records, their history from metrics.jsonl; the records of
+    these seeds after the checkpoint's round are dropped from the file (a killed run may have
+    written them after its last checkpoint)."""
+    rnd = int(saved["round"])
+    for j, point in enumerate(points):
+        path = Path(configs[j].out) / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        keep = [r for r in records if r.get("seed") not in seeds or r["round"] <= rnd]
+        if len(keep) != len(records):
+            jsonio.write_text(path, "".join(jsonio.dumps(r) + "\n" for r in keep))
+        for row, rec_row in zip(trials, saved["trials"]):
+            t, rec = row[j], rec_row[j]
+            t.status, t.message, t.done, t.stopped = rec["status"], rec["message"], rec["done"], rec["stopped"]
+            t.per_client, t.report, t.diverged_at = rec["per_client"], rec["report"], rec.get("diverged_at")
+            t.history = [r for r in keep if r.get("seed") == t.seed and "status" not in r
+                         and r.get("evaluated", True) and r["round"] <= rnd]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,16 +648,21 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
     return resolved
 
 
-def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
+def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) -> list[dict]:
     """Runs a prepared group and writes one run directory per grid point; returns their
-    summaries [G]. Raises nothing on divergence: each summary's ``status`` says."""
+    summaries [G]. Raises nothing on divergence: each summary's ``status`` says.
+
+    A run (one grid point) checkpoints its round loop (`checkpoints`); on `checkpoints.Interrupt`
+    it stops after the current block and its summary has ``status: "interrupted"``. ``resume``:
+    continue the run directory's checkpoint (its config.json is kept)."""
     from fedjax_sim import runner
     from fedjax_sim.data import describe
 
     group = pg.group
     outs = [Path(o) for o in group.outs]
-    for out in outs:
-        runner.check_out_dir(str(out))
+    if not resume:
+        for out in outs:
+            runner.check_out_dir(str(out))
     resolved = []
     for j, (cfg, out) in enumerate(zip(group.configs, outs)):
         try:
@@ -575,7 +674,10 @@ def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
         group.configs[j] = c
         r = resolved_config(pg.preps[0][j], pg, c)
         resolved.append(r)
-        jsonio.write_json(out / "config.json", r)
+        if not resume:
+            jsonio.write_json(out / "config.json", r)
+
+    boards: dict = {}
 
     def writer(j):
         path = outs[j] / "metrics.jsonl"
@@ -583,35 +685,55 @@ def run_group(pg: PreparedGroup, progress: bool = True) -> list[dict]:
         def write(rec):
             with open(path, "a") as f:
                 f.write(jsonio.dumps(rec) + "\n")
+            if group.configs[j].tensorboard:
+                _tensorboard(boards, j, outs[j], rec)
         return write
 
     writers = [writer(j) for j in range(len(outs))]
     points = list(range(len(group.configs)))
     results: list[list] = [[] for _ in points]
     timings: list[list] = [[] for _ in points]
+    single = len(points) == 1  # a run (not a sweep's grid): checkpointed, resumable
+    interrupted = [False] * len(points)
+    multi = len(group.seeds) > 1
     if pg.mode == "vmap":
         axes = _Axes(True, bool(group.swept))
         unit = run_unit(pg.preps, pg.data, group.seeds, points, group.configs, group.swept, axes,
-                        writers, progress, multi_seed=len(group.seeds) > 1)
+                        writers, progress, multi_seed=multi,
+                        resume_dir=checkpoints.directory(outs[0]) if single else None, resume=resume)
         for t in unit.trials:
             results[t.point].append(t)
         timings = [[unit.timing] for _ in points]
+        interrupted = [unit.interrupted] * len(points)
     else:
         for i, s in enumerate(group.seeds):
             for j in points:
                 prep = pg.preps[i][j]
+                if any(interrupted):  # stopped in an earlier unit: these seeds did not start
+                    continue
+                where = checkpoints.directory(outs[j], s if multi else None) if single else None
                 unit = run_unit([[prep]], prep.data, [s], [j], [group.configs[j]], (), _Axes(False, False),
-                                writers, progress, multi_seed=len(group.seeds) > 1)
+                                writers, progress, multi_seed=multi, resume_dir=where, resume=resume)
                 results[j] += unit.trials
                 timings[j].append(unit.timing)
+                interrupted[j] = interrupted[j] or unit.interrupted
+    for board in boards.values():
+        board.close()
     summaries = []
     for j in points:
         timing = _sum_timing(timings[j])
         data_desc = describe(pg.preps[0][j].data)
         summary = point_summary(pg.preps[0][j], results[j], timing, resolved[j], data_desc)
+        if interrupted[j]:
+            summary["status"] = "interrupted"
+            summary["resume"] = f"fedjax-sim run --resume {outs[j]}"
+        elif single:  # finished: the resume checkpoints are spent
+            for d in [checkpoints.directory(outs[j])] + [checkpoints.directory(outs[j], s) for s in group.seeds]:
+                checkpoints.remove(d)
         jsonio.write_json(outs[j] / "summary.json", summary)
         runner.plot_history([h for t in results[j] for h in t.history], outs[j] / "accuracy.png",
-                            group.configs[j].algorithm, pg.preps[0][j].task.headline)
+                            group.configs[j].algorithm, pg.preps[0][j].task.headline,
+                            diverged=[(t.seed, t.diverged_at) for t in results[j] if t.diverged_at])
         summaries.append(summary)
     return summaries
 

@@ -186,3 +186,190 @@ def test_the_config_reference_in_docs_is_current():
     path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert path.read_text() == config_lib.field_reference(markdown=True), \
         "docs/config.md is stale: regenerate it with fedjax-sim list --fields --markdown > docs/config.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints, interruption and resume
+
+
+def _interrupt_at(monkeypatch, rnd: int, signum=None):
+    """Raise the interrupt flag right after the block that ends at round ``rnd``."""
+    import signal
+
+    from fedjax_sim import checkpoints, trials
+
+    def hook(done):
+        if done == rnd:
+            checkpoints.Interrupt.signum = signum or signal.SIGINT
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [hook])
+
+
+RESUMABLE = [("fedavg", "vmap"), ("scaffold", "vmap"), ("fedavg", "sequential")]
+
+
+@pytest.mark.parametrize("algorithm,mode", RESUMABLE, ids=[f"{a}-{m}" for a, m in RESUMABLE])
+def test_an_interrupted_run_resumes_bit_identical(algorithm, mode, tmp_path, monkeypatch, capsys):
+    """Stateless FedAvg and stateful SCAFFOLD (per-client control variates), seeds vmapped or
+    one after another: interrupt after round 4 of 8, resume, and every per-seed final value and
+    every metrics line equals the uninterrupted run's."""
+    args = ["run", "--algorithm", algorithm, "--rounds", "8", "--set", "eval_every=2", "--seeds", "2",
+            "--trials", mode] + SMALL
+    assert cli.main(args + ["--out", str(tmp_path / "full")]) == 0
+    _interrupt_at(monkeypatch, 4)
+    assert cli.main(args + ["--out", str(tmp_path / "cut")]) == 130
+    err = capsys.readouterr().err
+    assert f"fedjax-sim run --resume {tmp_path / 'cut'}" in err
+    partial = _strict(tmp_path / "cut" / "summary.json")
+    assert partial["status"] == "interrupted" and (tmp_path / "cut" / "accuracy.png").exists()
+    monkeypatch.setattr("fedjax_sim.trials.BLOCK_HOOKS", [])
+    assert cli.main(["run", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    full, cut = _strict(tmp_path / "full" / "summary.json"), _strict(tmp_path / "cut" / "summary.json")
+    assert cut["status"] == "ok" and cut["rounds_completed"] == 8
+    assert [e["final"] for e in full["per_seed"]] == [e["final"] for e in cut["per_seed"]]
+    lines = lambda name: sorted((tmp_path / name / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+    assert lines("full") == lines("cut")
+    assert not list((tmp_path / "cut").glob("resume*"))  # spent checkpoints are removed
+
+
+def _wait_for(predicate, proc, timeout=240.0):
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended first (exit {proc.returncode}): {proc.stderr.read()}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+def _spawn(out, *extra, rounds=3000, eval_every=1):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fedjax_sim.cli", "run", "--algorithm", "fedavg", "--rounds", str(rounds),
+           "--set", f"eval_every={eval_every}", "--out", str(out), *extra] + SMALL
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_leaves_a_valid_run_directory_and_a_resumable_checkpoint(signame, code, tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    proc = _spawn(out)
+    metrics = out / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc)
+    proc.send_signal(getattr(signal, signame))
+    proc.send_signal(getattr(signal, signame))  # a second signal must not cut the writing short
+    assert proc.wait(timeout=120) == code
+    err = proc.stderr.read()
+    assert f"--resume {out}" in err and "Traceback" not in err, err
+    summary = _strict(out / "summary.json")
+    assert summary["status"] == "interrupted" and 0 < summary["rounds_completed"] < 3000
+    assert (out / "resume" / "progress.json").exists() and (out / "accuracy.png").exists()
+    _strict_lines(metrics)
+
+
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, capsys):
+    """SIGKILL leaves no time to write anything: --checkpoint-every kept a checkpoint, the
+    metrics lines written after it are dropped on resume, and the resumed run ends equal to an
+    uninterrupted one."""
+    import signal
+
+    out = tmp_path / "killed"
+    proc = _spawn(out, "--checkpoint-every", "5", rounds=2000, eval_every=2)
+    progress = out / "resume" / "progress.json"
+    _wait_for(lambda: progress.exists() and json.loads(progress.read_text())["round"] >= 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "summary.json").exists()
+    assert cli.main(["run", "--resume", str(out), "--no-progress"]) == 0
+    ref = tmp_path / "ref"
+    assert cli.main(["run", "--algorithm", "fedavg", "--rounds", "2000", "--set", "eval_every=2",
+                     "--out", str(ref)] + SMALL) == 0
+    capsys.readouterr()
+    a, b = _strict(ref / "summary.json"), _strict(out / "summary.json")
+    assert b["status"] == "ok" and a["per_seed"][0]["final"] == b["per_seed"][0]["final"]
+    assert (ref / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
+
+
+BAD_RESUME = [
+    (lambda p: ["--resume", str(p / "nothing")], "a run directory holding config.json"),
+    (lambda p: ["--resume", str(p / "done")], "it finished"),
+    (lambda p: ["--resume", str(p / "done"), "--rounds", "5"], "also given: --rounds"),
+]
+
+
+@pytest.mark.parametrize("args,says", BAD_RESUME, ids=["missing", "finished", "with-flags"])
+def test_bad_resume_input_exits_2(args, says, tmp_path, capsys):
+    assert cli.main(["run", "--algorithm", "fedavg", "--rounds", "1", "--out", str(tmp_path / "done")] + SMALL) == 0
+    capsys.readouterr()
+    rc = cli.main(["run"] + args(tmp_path))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--resume" in err[0] and says in err[0], err
+
+
+def test_out_holding_a_users_config_json_is_refused(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": 1}')
+    rc = cli.main(["run", "--algorithm", "fedavg", "--rounds", "1", "--out", str(out)] + SMALL)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "config.json" in err[0], err
+    assert (out / "config.json").read_text() == '{"mine": 1}'
+
+
+def _tensorboard_scalars(folder) -> dict:
+    """tag -> [(step, value)] from TensorBoard event files (TFRecord framing: length, crc,
+    payload, crc), parsed with tensorboardX's protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        pos = 0
+        while pos < len(raw):
+            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+            event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_event_files_hold_every_metrics_line(tmp_path):
+    pytest.importorskip("tensorboardX")
+    out = tmp_path / "run"
+    assert cli.main(["run", "--algorithm", "fedavg", "--rounds", "4", "--set", "eval_every=2", "--seeds", "2",
+                     "--tensorboard", "--out", str(out)] + SMALL) == 0
+    scalars = _tensorboard_scalars(out / "tensorboard")
+    records = _strict_lines(out / "metrics.jsonl")
+    for seed in (0, 1):
+        rows = [r for r in records if r["seed"] == seed]
+        got = scalars[f"global_accuracy/seed{seed}"]
+        assert [s for s, _ in got] == [r["round"] for r in rows]
+        np.testing.assert_allclose([v for _, v in got], [r["global_accuracy"] for r in rows], rtol=1e-6)
+    assert _strict(out / "config.json")["tensorboard"] is True
+
+
+def test_the_add_your_own_algorithm_guide_runs(tmp_path):
+    """docs/extending.md's code, run as written in a fresh interpreter (its registration must
+    not leak into this test process)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    code = "\n\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
+    script = f"import pathlib\nOUT = pathlib.Path({str(tmp_path)!r})\n" + code
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Δ vs fedavg" in done.stdout
+    assert _strict(tmp_path / "fedmedian" / "summary.json")["algorithm"] == "fedmedian"
