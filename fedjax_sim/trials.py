@@ -100,6 +100,58 @@ def _data_bytes(datas) -> int:
     return sum(int(np.asarray(a).nbytes) for d in datas for a in jax.tree.leaves(d))
 
 
+def _tree_bytes(tree) -> int:
+    return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
+
+
+def memory_estimate(prep, data, trials_in_program: int) -> dict:
+    """Bytes a program holds for its whole run (host-side shapes only, nothing compiles): the
+    device data (``data``, stacked when trials share it), the algorithm state of every trial, and
+    every round's PRNG key. Activations of a round come on top and are not counted, so a run this
+    refuses could never fit; one it admits may still be tight."""
+    alg, cfg = prep.algorithm, prep.config
+    data_shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+                              prep.data)
+    state = jax.eval_shape(alg.init, jax.ShapeDtypeStruct((2,), jnp.uint32), data_shape)
+    return {"data": _data_bytes([data]), "state": _tree_bytes(state) * trials_in_program,
+            "round keys": cfg.rounds * 8 * trials_in_program}
+
+
+def available_memory() -> int | None:
+    """Bytes free for a run on the default device: the accelerator's free memory, or the host's
+    available RAM on CPU (None when it cannot be read)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+        return None
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+MEMORY_FIELDS = {"data": "data.num_clients", "state": "data.num_clients", "round keys": "rounds"}
+
+
+def check_memory(parts: dict, available: int | None = None) -> None:
+    """ConfigError, before anything compiles, when the run's persistent arrays alone exceed the
+    memory available; it names the largest part and the field that scales it."""
+    available = available_memory() if available is None else available
+    total = sum(parts.values())
+    if available is None or total <= available:
+        return
+    big = max(parts, key=parts.get)
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    detail = ", ".join(f"{k} {gib(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+    raise ConfigError(MEMORY_FIELDS[big], "too large", f"a run that fits in the {gib(available)} available: "
+                                                       f"it needs at least {gib(total)} ({detail}); shrink "
+                                                       f"{MEMORY_FIELDS[big]}, or run fewer seeds at once "
+                                                       "(--trials sequential)")
+
+
 def choose_mode(requested: str, num_trials: int, datas) -> tuple[str, str]:
     """The one place that decides how a group's trials run: (mode, reason).
 
@@ -154,10 +206,12 @@ def prepare_group(group: Group, datas: list | None = None, preps: list | None = 
                 c.chunk_size = chunk
         preps = [[runner.prepare(seeded(c, s), trial(stacked, i))._replace(data_stats=stats[i])
                   for c in group.configs] for i, s in enumerate(group.seeds)]
+        check_memory(memory_estimate(preps[0][0], stacked, len(group.seeds) * len(group.configs)))
         return PreparedGroup(group, mode, reason, preps, stacked)
     if preps is None:
         preps = [[runner.prepare(seeded(c, s), d)._replace(data_stats=st) for c in group.configs]
                  for s, d, st in zip(group.seeds, datas, stats)]
+    check_memory(memory_estimate(preps[0][0], max(datas, key=lambda d: _data_bytes([d])), 1))
     return PreparedGroup(group, mode, reason, preps, None)
 
 

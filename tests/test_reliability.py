@@ -373,3 +373,31 @@ def test_the_add_your_own_algorithm_guide_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Δ vs fedavg" in done.stdout
     assert _strict(tmp_path / "fedmedian" / "summary.json")["algorithm"] == "fedmedian"
+
+
+def test_a_run_that_cannot_fit_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    """The persistent arrays (data, every trial's state, every round's key) are estimated from
+    shapes before compiling; more than is available is refused, naming the largest part."""
+    from fedjax_sim import trials
+
+    monkeypatch.setattr(trials, "available_memory", lambda: 50_000)  # bytes
+    out = tmp_path / "run"
+    rc = cli.main(["run", "--algorithm", "fedavg", "--rounds", "2", "--out", str(out)] + SMALL)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "GiB available" in err[0] and "data.num_clients" in err[0], err
+    assert not out.exists()
+
+
+def test_the_memory_estimate_counts_state_per_trial_and_keys_per_round():
+    from fedjax_sim import runner, trials
+
+    from conftest import tiny_config
+
+    prep = runner.prepare(tiny_config(algorithm="scaffold", rounds=1000, data__num_clients=6))
+    one, four = trials.memory_estimate(prep, prep.data, 1), trials.memory_estimate(prep, prep.data, 4)
+    assert four["state"] == 4 * one["state"] > 0 and one["round keys"] == 8000
+    plain = trials.memory_estimate(runner.prepare(tiny_config(algorithm="fedavg", data__num_clients=6)),
+                                   prep.data, 1)
+    assert one["state"] > plain["state"]  # SCAFFOLD keeps a control variate per client
+    with pytest.raises(Exception, match="rounds"):
+        trials.check_memory({"data": 10, "state": 10, "round keys": 10_000}, available=1_000)
