@@ -401,3 +401,63 @@ def test_the_memory_estimate_counts_state_per_trial_and_keys_per_round():
     assert one["state"] > plain["state"]  # SCAFFOLD keeps a control variate per client
     with pytest.raises(Exception, match="rounds"):
         trials.check_memory({"data": 10, "state": 10, "round keys": 10_000}, available=1_000)
+
+
+FINDINGS = [  # the issue's findings that are bad input: exit 2, one line, nothing written
+    (lambda p: ["--config", str(p / "list.json")], "--config"),
+    (lambda p: ["--seed", "99999999999999999999"], "seed"),
+    (lambda p: ["--out", str(p / "afile")], "--out"),
+    (lambda p: ["--out", str(p / "afile" / "run")], "--out"),
+    (lambda p: ["--out", "/proc/fedjax_sim_run"], "--out"),
+    (lambda p: ["--rounds", "10000000000"], "rounds"),
+    (lambda p: ["--clients", "1438", "--partition", "dominant_class"], "data.samples_per_client"),
+]
+
+
+@pytest.mark.parametrize("args,field", FINDINGS, ids=["config-list", "huge-seed", "out-file", "out-under-file",
+                                                      "out-unwritable", "huge-rounds", "empty-global-test"])
+def test_the_issues_bad_input_findings_exit_2(args, field, tmp_path, capsys):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "afile").write_text("not a directory")
+    argv = ["run", "--algorithm", "fedavg", "--rounds", "1", "--no-progress"] + args(tmp_path)
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    rc = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and field in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "run").exists() and (tmp_path / "afile").read_text() == "not a directory"
+
+
+def test_a_signal_during_start_up_still_exits_cleanly(tmp_path):
+    """SIGINT while the data is built or the program compiles: no traceback, no crash; the run
+    stops after its first block with a resumable checkpoint."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = _spawn(out)
+    _wait_for(lambda: (out / "config.json").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "--resume" in err, err
+    assert _strict(out / "summary.json")["status"] == "interrupted"
+
+
+def test_plots_use_integer_rounds_distinct_styles_and_mark_divergence(tmp_path):
+    from matplotlib.ticker import MaxNLocator
+
+    from fedjax_sim import runner
+    from fedjax_sim.report import comparison_figure
+
+    for name in ("a", "b"):
+        run = tmp_path / name
+        assert cli.main(["run", "--algorithm", "fedavg", "--rounds", "3", "--set", "eval_every=1", "--out", str(run)]
+                        + SMALL) == 0
+    fig = comparison_figure([tmp_path / "a", tmp_path / "b"], "global_accuracy")
+    ax = fig.axes[0]
+    assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+    styles = {(line.get_marker(), line.get_linestyle()) for line in ax.lines}
+    assert len(styles) == 2  # identical curves stay distinguishable
+    history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    runner.plot_history(history, tmp_path / "h.png", "fedavg", diverged=[(0, 2)])
+    assert (tmp_path / "h.png").stat().st_size > 0
