@@ -105,6 +105,9 @@ class ModelConfig:
     # 32 -> 64 -> 64 and 64 -> 32 -> 32); model.hidden is the single-task MLP's
     encoder: tuple[int, ...] = (64, 64)
     decoder: tuple[int, ...] = (32, 32)  # multi-task: each task decoder's widths
+    # how convolutions run: xla (its convolution op) | patches (patches x matmul, the same
+    # parameters and outputs; fast inside the local-training loop on CPU) | auto (patches on CPU)
+    conv: str = "auto"
 
 
 @dataclasses.dataclass
@@ -659,6 +662,7 @@ def validate(cfg: Config) -> None:
         widths = getattr(m, name)
         check(len(widths) >= 1 and all(h >= 1 for h in widths), f"model.{name}", widths,
               "one or more widths >= 1, e.g. 64,64 (the multi-task model's)")
+    check(m.conv in ("auto", "xla", "patches"), "model.conv", m.conv, "one of auto, xla, patches")
     loc = cfg.local
     check(loc.lr > 0 and math.isfinite(loc.lr), "local.lr", loc.lr, "a finite number > 0")
     check(0 <= loc.momentum < 1, "local.momentum", loc.momentum, "a number in [0, 1)")

@@ -98,7 +98,7 @@ def _build_model(cfg: config_lib.Config, data) -> Model:
         raise ConfigError("model.head_layers", cfg.model.head_layers, f"at most {dense} for this model")
     outputs = data.num_classes if data.target_kind == "class" else int(np.prod(data.target_shape, dtype=int))
     return build_model(cfg.model.name, data.feature_shape, outputs, cfg.model.hidden,
-                       cfg.model.head_layers)
+                       cfg.model.head_layers, conv=cfg.model.conv)
 
 
 MULTITASK_MODEL = "multitask_mlp"

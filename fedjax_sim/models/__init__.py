@@ -6,7 +6,8 @@ __all__ = ["MODELS", "Model", "build_model", "cifar_cnn", "cnn", "dense_chain_la
            "mlp", "with_dense_chain_layers"]
 
 
-def build_model(name: str, feature_shape, num_classes: int, hidden=(200, 200), head_layers: int = 1):
+def build_model(name: str, feature_shape, num_classes: int, hidden=(200, 200), head_layers: int = 1,
+                conv: str = "auto"):
     """Model by name. ``auto``: ``cnn`` for grayscale images of at least 16x16 (MNIST-like),
     ``cifar_cnn`` for colour images, ``mlp`` for vectors and tiny images (8x8 digits, where a
     CNN buys little and per-client convolutions are slow on CPU)."""
@@ -15,4 +16,4 @@ def build_model(name: str, feature_shape, num_classes: int, hidden=(200, 200), h
         name = "mlp" if not image else ("cnn" if feature_shape[-1] == 1 else "cifar_cnn")
     if name == "mlp":
         return mlp(feature_shape, num_classes, tuple(hidden), head_layers)
-    return MODELS[name](feature_shape, num_classes, head_layers)
+    return MODELS[name](feature_shape, num_classes, head_layers, conv=conv)

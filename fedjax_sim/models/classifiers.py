@@ -30,17 +30,66 @@ class DenseStack(nn.Module):
         return h
 
 
-class ConvFeatures(nn.Module):
-    """Conv -> ReLU -> 2x2 max-pool blocks, then flatten: [B, H, W, C] -> [B, F]."""
+CONV_IMPLS = ("auto", "xla", "patches")
 
-    channels: Sequence[int]
-    kernel: int
+
+def conv_patches(x: jax.Array, kh: int, kw: int, padding: str) -> jax.Array:
+    """x [B, H, W, C] -> [B, H', W', kh*kw*C]: every stride-1 receptive field as one row, built
+    from kh*kw static shifted slices (no convolution op). Column (i*kw + j)*C + c holds
+    x[b, h+i, w+j, c], the order of a [kh, kw, C, F] kernel reshaped to [kh*kw*C, F]. ``SAME``
+    pads as XLA does ((k-1)//2 before, the rest after); ``VALID`` does not pad."""
+    if padding == "SAME":
+        pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in (kh, kw)]
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    elif padding != "VALID":
+        raise ValueError(f"padding {padding!r}: SAME or VALID")
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+class PatchConv(nn.Module):
+    """A stride-1 2-D convolution as patches x matmul (`conv_patches`), with `nn.Conv`'s
+    parameters (``kernel`` [kh, kw, C, F], lecun-normal; ``bias`` [F], zeros) and outputs.
+
+    Why: XLA's CPU backend picks slow convolution layouts inside loops (a local-training
+    ``lax.scan``; measured 243 ms vs 17.7 ms per SGD step of the peers' CNN, issue "speed"),
+    while a matmul stays on its fast path; vmapped over clients it becomes a batched matmul."""
+
+    features: int
+    kernel_size: tuple
     padding: str = "SAME"
 
     @nn.compact
     def __call__(self, x):
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv_patches(x, kh, kw, self.padding) @ kernel.reshape(-1, self.features) + bias
+
+
+def resolve_conv(impl: str) -> str:
+    """``auto`` -> ``patches`` on CPU (measured: docs/performance.md), ``xla`` elsewhere."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv implementation {impl!r}; expected one of {CONV_IMPLS}")
+    return ("patches" if jax.default_backend() == "cpu" else "xla") if impl == "auto" else impl
+
+
+class ConvFeatures(nn.Module):
+    """Conv -> ReLU -> 2x2 max-pool blocks, then flatten: [B, H, W, C] -> [B, F]. ``conv``:
+    ``xla`` (`nn.Conv`) or ``patches`` (`PatchConv`: the same parameters and outputs)."""
+
+    channels: Sequence[int]
+    kernel: int
+    padding: str = "SAME"
+    conv: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
         for i, ch in enumerate(self.channels):
-            x = nn.Conv(ch, (self.kernel, self.kernel), padding=self.padding, name=f"conv_{i}")(x)
+            size = (self.kernel, self.kernel)
+            layer = (PatchConv(ch, size, self.padding, name=f"conv_{i}") if self.conv == "patches"
+                     else nn.Conv(ch, size, padding=self.padding, name=f"conv_{i}"))
+            x = layer(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         return x.reshape(x.shape[0], -1)
 
@@ -52,11 +101,12 @@ class Body(nn.Module):
     kernel: int
     padding: str
     dense_widths: Sequence[int]
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x):
         if self.conv_channels:
-            x = ConvFeatures(self.conv_channels, self.kernel, self.padding, name="features")(x)
+            x = ConvFeatures(self.conv_channels, self.kernel, self.padding, self.conv, name="features")(x)
         else:
             x = x.reshape(x.shape[0], -1)
         if self.dense_widths:
@@ -105,13 +155,14 @@ def _split(widths: Sequence[int], head_layers: int):
 
 def make_classifier(name: str, feature_shape: tuple[int, ...], num_classes: int,
                     conv_channels: Sequence[int] = (), kernel: int = 3, padding: str = "SAME",
-                    dense_widths: Sequence[int] = (), head_layers: int = 1) -> Model:
+                    dense_widths: Sequence[int] = (), head_layers: int = 1, conv: str = "auto") -> Model:
     """Builds a split classifier: conv features + dense ``dense_widths`` + a ``num_classes`` layer.
 
-    The last ``head_layers`` dense layers (counting the logits layer) form the head.
+    The last ``head_layers`` dense layers (counting the logits layer) form the head. ``conv``:
+    how convolutions run (`resolve_conv`); every choice has the same parameters and outputs.
     """
     body_widths, head_widths = _split([*dense_widths, num_classes], head_layers)
-    body = Body(tuple(conv_channels), kernel, padding, tuple(body_widths))
+    body = Body(tuple(conv_channels), kernel, padding, tuple(body_widths), resolve_conv(conv))
     head = Head(tuple(head_widths))
     sample = jnp.zeros((1, *feature_shape), jnp.float32)
     feature_dim = int(jax.eval_shape(lambda: body.init_with_output(
@@ -143,7 +194,7 @@ def mlp(feature_shape, num_classes, hidden=(200, 200), head_layers=1) -> Model:
                            head_layers=head_layers)
 
 
-def cnn(feature_shape, num_classes, head_layers=1) -> Model:
+def cnn(feature_shape, num_classes, head_layers=1, conv="auto") -> Model:
     """The FedAvg CNN (McMahan et al. 2017): two conv+pool blocks (32, 64), fc 512, logits.
 
     28x28 inputs use 5x5 kernels as in the paper; small inputs (8x8 digits) use 3x3 kernels. With
@@ -151,13 +202,13 @@ def cnn(feature_shape, num_classes, head_layers=1) -> Model:
     """
     kernel = 5 if min(feature_shape[:2]) >= 16 else 3
     return make_classifier("cnn", feature_shape, num_classes, conv_channels=(32, 64),
-                           kernel=kernel, dense_widths=(512,), head_layers=head_layers)
+                           kernel=kernel, dense_widths=(512,), head_layers=head_layers, conv=conv)
 
 
-def cifar_cnn(feature_shape, num_classes, head_layers=1) -> Model:
+def cifar_cnn(feature_shape, num_classes, head_layers=1, conv="auto") -> Model:
     """Small CIFAR CNN (pfl-research's simple_cnn shape): conv32-pool-conv64-pool-fc128-logits."""
     return make_classifier("cifar_cnn", feature_shape, num_classes, conv_channels=(32, 64),
-                           kernel=3, dense_widths=(128,), head_layers=head_layers)
+                           kernel=3, dense_widths=(128,), head_layers=head_layers, conv=conv)
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn}
