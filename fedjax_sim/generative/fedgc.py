@@ -224,7 +224,7 @@ def generator_params(data, fcfg, public_ids: np.ndarray, client_ids: np.ndarray,
 # the stage
 
 
-def check(fcfg, data) -> None:
+def check(data) -> None:
     """What the stage needs from the data (before fitting anything): class labels and a public
     split."""
     if data.target_kind != "class" or data.tasks is not None:
@@ -256,7 +256,7 @@ def augment(data, fcfg, rounds: int, seed: int, public_ids: np.ndarray, client_i
       (`fidelity`, `diversity`, ...; ``early_rounds`` as resolved, ``stage_seconds`` the stage's
       wall time: fitting, generation and judging) plus the generator's source and path).
     """
-    check(fcfg, data)
+    check(data)
     start = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(seed), GEN_KEY)
     k_fit, k_stage = jax.random.split(key)
