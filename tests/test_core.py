@@ -163,19 +163,28 @@ def test_local_training_loss_statistic_is_mean_over_active_steps():
 # factored vs materialized
 
 
-def _cohort_train(data, model, params, formulation, prox_mu, epochs=2, batch=3, lr=0.1):
+def _cohort_train(data, model, params, formulation, prox_mu, epochs=2, batch=3, lr=0.1, optimizer=None):
     sched = Schedule.make(data.max_train, batch, epochs, 0)
     task = tasks.classification(model.apply, data.num_classes)
     return make_cohort_train(task, DenseLayout(model.layers_of, model.with_layers),
-                             make_optimizer("sgd", lr), sched, data.max_train, ClientMapping("vmap"),
+                             optimizer or make_optimizer("sgd", lr), sched, data.max_train, ClientMapping("vmap"),
                              params, formulation, prox_mu)
 
 
 # prox_mu = 0 through the factored path is checked against a Python loop in test_algorithms.py.
-@pytest.mark.parametrize("prox_mu,hidden", [(0.5, (8, 5))])
-def test_factored_cohort_training_matches_materialized(prox_mu, hidden):
+@pytest.mark.parametrize("prox_mu,hidden,opt", [
+    (0.5, (8, 5), ("sgd", 0.0, "")),
+    (0.0, (8, 5), ("momentum", 0.9, "")),
+    (0.5, (8,), ("momentum", 0.7, "")),
+    (0.3, (8, 5), ("momentum", 0.9, "nesterov=true")),
+    (0.0, (6,), ("sgd", 0.0, "momentum=0.5,nesterov=true")),
+])
+def test_factored_cohort_training_matches_materialized(prox_mu, hidden, opt):
     """make_cohort_train('factored') gives the same dense deltas (densify), the same weighted
-    mean and the same stats as 'materialized': unequal clients, two hidden layers, prox term."""
+    mean and the same stats as 'materialized' (optax's transform on per-client weights):
+    unequal clients (empty steps), one or two hidden layers, prox term, plain / heavy-ball /
+    Nesterov momentum (the row-coefficient form of core.factored)."""
+    optimizer = make_optimizer(opt[0], 0.1, momentum=opt[1], args=opt[2])
     data = make_data(train_sizes=(5, 9, 3, 7, 2), test_sizes=(1,) * 5)
     model = mlp(data.feature_shape, data.num_classes, hidden)
     params = mlp_params(hidden=hidden)
@@ -183,7 +192,7 @@ def test_factored_cohort_training_matches_materialized(prox_mu, hidden):
     args = (params, data.train, data.n_train, keys)
     out = {}
     for form in ("materialized", "factored"):
-        train, info = _cohort_train(data, model, params, form, prox_mu)
+        train, info = _cohort_train(data, model, params, form, prox_mu, optimizer=optimizer)
         assert info["formulation"] == form
         out[form] = jax.jit(train)(*args)
     (dense_deltas, dense_stats), (low_rank, fact_stats) = out["materialized"], out["factored"]

@@ -1,9 +1,9 @@
 """Training a cohort that starts from one shared model, returning stacked client deltas.
 
 This is where the local-step formulation is chosen (``materialized``: per-client weights, any
-optax optimizer, `core.local`; ``factored``: low-rank deltas for dense nets under plain SGD,
-`core.factored`) and, with it, how clients are mapped: the choice belongs to the code that uses
-it, so the runner never knows which ran. FedAvg-family algorithms call this.
+optax optimizer, `core.local`; ``factored``: low-rank deltas for dense nets under SGD with or
+without momentum, `core.factored`) and, with it, how clients are mapped: the choice belongs to
+the code that uses it, so the runner never knows which ran. FedAvg-family algorithms call this.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class DenseLayout(NamedTuple):
 
 def factored_eligible(task, layout: DenseLayout | None, optimizer: OptimizerSpec) -> bool:
     """Whether `core.factored` computes exactly what `core.local` would."""
-    return layout is not None and task.output_loss is not None and optimizer.plain_sgd
+    return layout is not None and task.output_loss is not None and optimizer.linear_sgd
 
 
 def choose_formulation(requested: str, task, layout: DenseLayout | None, optimizer: OptimizerSpec,
@@ -44,8 +44,8 @@ def choose_formulation(requested: str, task, layout: DenseLayout | None, optimiz
     eligible = factored_eligible(task, layout, optimizer)
     if requested == "factored" and not eligible:
         raise ConfigError("local.formulation", "factored",
-                          "auto or materialized unless the model is an mlp trained with plain sgd "
-                          "(no momentum, weight decay or clipping) on a single-output task")
+                          "auto or materialized unless the model is an mlp trained with sgd or momentum "
+                          "(no weight decay or clipping) on a single-output task")
     if requested != "auto":
         return requested
     if not eligible:
@@ -79,7 +79,8 @@ def make_cohort_train(task, layout: DenseLayout | None, optimizer: OptimizerSpec
         # its shared GEMMs then see the whole cohort (docs/performance.md)
         mapping = mapping.resolved(prefer="vmap")
         one = make_factored_train(task.output_loss, layout.layers_of, layout.with_layers, schedule,
-                                  max_n, optimizer.learning_rate, prox_mu)
+                                  max_n, optimizer.learning_rate, prox_mu, optimizer.momentum,
+                                  optimizer.nesterov)
     else:
         mapping = mapping.resolved()
         transform = optimizer.transform

@@ -40,7 +40,8 @@ class OptimizerSpec(NamedTuple):
 
     transform: `optax.GradientTransformationExtraArgs` (clipping and weight decay chained in).
     name: the optimizer's name; hyperparams: the injected values (floats);
-    clip_norm / weight_decay: 0 when off.
+    clip_norm / weight_decay: 0 when off; static_args: the non-numeric arguments given to the
+    optax function (``nesterov``, dtypes), fixed at build time.
     """
 
     transform: optax.GradientTransformationExtraArgs
@@ -48,14 +49,32 @@ class OptimizerSpec(NamedTuple):
     hyperparams: dict
     clip_norm: float = 0.0
     weight_decay: float = 0.0
+    static_args: dict = {}
 
     @property
     def learning_rate(self) -> float:
         return self.hyperparams["learning_rate"]
 
     @property
+    def linear_sgd(self) -> bool:
+        """SGD with or without (Nesterov) momentum and nothing else: every update is linear in
+        the step gradients (what the factored client program needs)."""
+        return (self.name in ("sgd", "momentum") and static_zero(self.clip_norm)
+                and static_zero(self.weight_decay) and set(self.static_args) <= {"nesterov"})
+
+    @property
+    def momentum(self):
+        """The momentum coefficient (0.0 without), a float or a traced value."""
+        value = self.hyperparams.get("momentum", 0.0)
+        return 0.0 if value is None else value
+
+    @property
+    def nesterov(self) -> bool:
+        return bool(self.static_args.get("nesterov", False))
+
+    @property
     def plain_sgd(self) -> bool:
-        """w <- w - lr * g exactly (what the factored client program and SCAFFOLD assume)."""
+        """w <- w - lr * g exactly (what SCAFFOLD's control-variate update assumes)."""
         return (self.name == "sgd" and static_zero(self.hyperparams.get("momentum", 0.0))
                 and static_zero(self.clip_norm) and static_zero(self.weight_decay))
 
@@ -120,7 +139,7 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     if params_example is not None:
         check_transform(transform, params_example, f"{field}.optimizer_args", args)
     return OptimizerSpec(transform, name, {k: v for k, v in hyper.items() if k not in static},
-                         clip_norm, weight_decay)
+                         clip_norm, weight_decay, {k: hyper[k] for k in static})
 
 
 def check_transform(transform, params_example, field: str, value) -> None:
