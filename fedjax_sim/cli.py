@@ -68,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "description (allowed values where named)")
     ls.add_argument("--markdown", action="store_true", help="with --fields: as the markdown of docs/config.md")
     b = sub.add_parser("bench", help="FedAvg throughput vs centralized training, one JSON line")
-    b.add_argument("--model", default="mlp")
-    b.add_argument("--features", type=int, default=784)
+    b.add_argument("--model", default="mlp",
+                   help="mlp | cnn (the peers' CNN: emnist_cnn without dropout) | emnist_cnn | simple_cnn | "
+                        "cifar_cnn | fedavg_cnn (the built-in cnn)")
+    b.add_argument("--features", type=int, default=None, help="mlp input width (default 784)")
+    b.add_argument("--image-shape", default=None,
+                   help="conv models: H,W,C of the inputs (default 28,28,1: the peers' features as images)")
+    b.add_argument("--conv", default="auto", help="conv models: auto | xla | patches (model.conv)")
     b.add_argument("--hidden", default="200,200")
     b.add_argument("--classes", type=int, default=10)
     b.add_argument("--clients", type=int, default=1000)
@@ -85,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--formulation", default="auto", help="auto | materialized | factored")
     b.add_argument("--optimizer", default="sgd", help="client optimizer (fedjax-sim list)")
     b.add_argument("--momentum", type=float, default=0.9, help="with --optimizer momentum")
+    b.add_argument("--no-centralized", action="store_true",
+                   help="skip timing centralized training (efficiency is then null)")
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     return p
 
@@ -456,6 +463,11 @@ def cmd_list(a) -> int:
     print("datasets:\n  " + ", ".join(DATASETS) + "\nmulti-task datasets (data.scenario):\n  "
           + ", ".join(MULTITASK_SOURCES))
     print("partitions:\n  " + ", ".join(all_partitions()))
+    from fedjax_sim.models.classifiers import DROPOUT_MODELS, MODEL_DESCRIPTIONS
+    print("models (model.name; auto: cnn for grayscale images >= 16x16, cifar_cnn for colour, mlp otherwise; "
+          "[model.dropout]: has optional dropouts):")
+    for name, text in MODEL_DESCRIPTIONS.items():
+        print(f"  {name:20s} {text}" + (" [model.dropout]" if name in DROPOUT_MODELS else ""))
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "
           "*.optimizer_args=k=v,...):\n  " + ", ".join(OPTIMIZERS))
@@ -479,12 +491,19 @@ def cmd_bench(a) -> int:
         raise ConfigError("--hidden", a.hidden, "comma-separated integers, e.g. 200,200") from None
     if not hidden or min(hidden) < 1:
         raise ConfigError("--hidden", a.hidden, "comma-separated integers >= 1, e.g. 200,200")
-    result = bench.bench(model=a.model, features=a.features, hidden=hidden, classes=a.classes,
+    image_shape = None
+    if a.image_shape is not None:
+        try:
+            image_shape = tuple(int(v) for v in a.image_shape.split(","))
+        except ValueError:
+            raise ConfigError("--image-shape", a.image_shape, "H,W,C integers, e.g. 28,28,1") from None
+    result = bench.bench(model=a.model, features=a.features, image_shape=image_shape, conv=a.conv,
+                         hidden=hidden, classes=a.classes,
                          clients=a.clients, cohort=a.cohort, examples_per_client=a.examples_per_client,
                          batch_size=a.batch_size, local_epochs=a.local_epochs, lr=a.lr,
                          rounds=a.rounds, repeats=a.repeats, client_mapping=a.client_mapping,
                          chunk_size=a.chunk_size, formulation=a.formulation,
-                         optimizer=a.optimizer, momentum=a.momentum)
+                         optimizer=a.optimizer, momentum=a.momentum, centralized=not a.no_centralized)
     if not a.json:
         print(bench.format_human(result))
     print(bench.to_json(result))

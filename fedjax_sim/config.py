@@ -108,6 +108,9 @@ class ModelConfig:
     # how convolutions run: xla (its convolution op) | patches (patches x matmul, the same
     # parameters and outputs; fast inside the local-training loop on CPU) | auto (patches on CPU)
     conv: str = "auto"
+    # train with the named model's own dropouts (emnist_cnn, simple_cnn: 0.25 after the pool, 0.5
+    # after fc128, as FedJAX and pfl-research do); off: deterministic local training
+    dropout: bool = False
 
 
 @dataclasses.dataclass
@@ -126,7 +129,7 @@ class LocalConfig:
     epochs_per_domain: tuple[int, ...] = ()
     steps: int = 0  # fixed local steps per round; 0 = use epochs
     clip_norm: float = 0.0  # global-norm gradient clipping; 0 = off
-    formulation: str = "auto"  # auto | materialized | factored (low-rank deltas, dense nets + SGD)
+    formulation: str = "auto"  # auto | materialized | factored (low-rank deltas: dense nets, SGD/momentum)
 
 
 @dataclasses.dataclass
@@ -280,7 +283,7 @@ class Config:
     seeds: tuple[int, ...] = ()
     trials: str = "auto"  # how seeds and grid points run: auto | vmap (one program) | sequential
     preset: str = ""  # the --preset applied first, if any (recorded; `fedjax-sim list` names them)
-    client_mapping: str = "auto"  # auto | vmap | chunked | sequential
+    client_mapping: str = "auto"  # auto (measured: CPU conv models sequential, else chunked; vmap on GPU) | vmap | chunked | sequential
     chunk_size: int = 0  # chunked: clients per vmapped block; 0 = measured default
     out: str = ""  # the run directory; "" = runs/<time>-<algorithm>-<dataset>
     checkpoint: bool = False  # write the final state as checkpoint.npz (checkpoint_seed<s>.npz per seed)

@@ -21,7 +21,7 @@ from fedjax_sim.core.local import Schedule
 from fedjax_sim.core.mapping import ClientMapping
 from fedjax_sim.core.optim import make_optimizer
 from fedjax_sim.errors import ConfigError
-from fedjax_sim.models import MODELS, Model, build_model
+from fedjax_sim.models import DROPOUT_MODELS, MODELS, Model, build_model
 
 
 class Prepared(NamedTuple):
@@ -79,8 +79,8 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
         raise ConfigError("task.name", cfg.task.name,
                           f"classification for the class labels of data.dataset={data.name}")
     if name == "classification":
-        return tasks_lib.classification(model.apply, data.num_classes)
-    return tasks_lib.regression(model.apply, name.split("_", 1)[1])
+        return tasks_lib.classification(model.apply, data.num_classes, model.train_apply)
+    return tasks_lib.regression(model.apply, name.split("_", 1)[1], model.train_apply)
 
 
 def _build_model(cfg: config_lib.Config, data) -> Model:
@@ -91,14 +91,21 @@ def _build_model(cfg: config_lib.Config, data) -> Model:
                                                         f"single-task data of data.dataset={data.name}")
     if cfg.model.name not in ("auto", *MODELS):
         raise ConfigError("model.name", cfg.model.name, "one of auto, " + ", ".join(MODELS))
-    if cfg.model.name in ("cnn", "cifar_cnn") and len(data.feature_shape) != 3:
+    if cfg.model.name not in ("auto", "mlp") and len(data.feature_shape) != 3:
         raise ConfigError("model.name", cfg.model.name, f"mlp for vector inputs of shape {data.feature_shape}")
+    if cfg.model.name in DROPOUT_MODELS and min(data.feature_shape[:2]) < 6:
+        raise ConfigError("model.name", cfg.model.name, f"mlp or cnn for {data.feature_shape[0]}x"
+                                                        f"{data.feature_shape[1]} images ({cfg.model.name}'s two "
+                                                        "VALID 3x3 convs and 2x2 pool need at least 6x6)")
+    if cfg.model.dropout and cfg.model.name not in DROPOUT_MODELS:
+        raise ConfigError("model.dropout", cfg.model.dropout,
+                          f"false for model.name={cfg.model.name} (models with dropouts: {', '.join(DROPOUT_MODELS)})")
     dense = len(cfg.model.hidden) + 1 if cfg.model.name in ("auto", "mlp") else 2
     if cfg.model.head_layers > dense:
         raise ConfigError("model.head_layers", cfg.model.head_layers, f"at most {dense} for this model")
     outputs = data.num_classes if data.target_kind == "class" else int(np.prod(data.target_shape, dtype=int))
     return build_model(cfg.model.name, data.feature_shape, outputs, cfg.model.hidden,
-                       cfg.model.head_layers, conv=cfg.model.conv)
+                       cfg.model.head_layers, conv=cfg.model.conv, dropout=cfg.model.dropout)
 
 
 MULTITASK_MODEL = "multitask_mlp"
@@ -168,7 +175,8 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     epochs = client_epochs(cfg, data)
     schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs if epochs is None else int(epochs.max()),
                              loc.steps)
-    mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size)
+    mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size,
+                            "conv" if getattr(model, "convolutional", False) else "dense")
     prep = Prepared(cfg, data, model, task, schedule, mapping, None, stats)
     alg = make_algorithm(prep, cfg, check=True)
     if alg.info.get("needs_proxy"):

@@ -33,7 +33,7 @@ import numpy as np
 
 from fedjax_sim import checkpoints, jsonio
 from fedjax_sim import config as config_lib
-from fedjax_sim.core.driver import count_compiles, make_block, round_inputs
+from fedjax_sim.core.driver import compiler_options, count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.core.privacy import membership_inference
 from fedjax_sim.errors import ConfigError, DivergedError
@@ -291,7 +291,8 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes) -> _Program:
     attack = prep.task.target_kind != "multi"
     return _Program(
         jax.jit(_wrap(init, ("hp", "seed", "seed"), axes)),
-        jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1),
+        jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1,
+                compiler_options=compiler_options()),
         jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes)),
         None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes)),
         hp, jax.jit(_wrap(privacy, ("hp", "trial", "seed", "seed"), axes)) if attack else None)

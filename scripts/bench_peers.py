@@ -1,12 +1,19 @@
-"""Side-by-side FedAvg throughput: fedjax_sim vs FedJAX (and Flower) on the peers workload.
+"""Side-by-side FedAvg throughput: fedjax_sim vs every framework of ../shared/peers (FedJAX,
+pfl-research, a PyTorch loop, Flower) on the peers' MLP and CNN workloads; regenerates
+docs/bench/peers.md.
 
-    python scripts/bench_peers.py --fedjax-python PATH/bin/python [--flower-python PATH/bin/python] \
-        [--peers-dir ../shared/peers] [--reps 3] [--out docs/bench]
+    bash ../shared/peers/setup_fedjax.sh; bash ../shared/peers/setup_pfl.sh; bash ../shared/peers/setup_flower.sh
+    python scripts/bench_peers.py [--models mlp,cnn] [--reps 3] [--peers-dir ../shared/peers] [--out docs/bench]
 
-Each repetition runs every framework once, in turn, as a fresh process (the machine is shared and
-noisy: ratios are taken from medians of interleaved runs). fedjax_sim runs `fedjax-sim bench` on
-the identical workload (MLP 784-200-200-10, N=64 per client, batch 16, 1 epoch, SGD 0.05, plain
-average). Writes <out>/peers-<stamp>.jsonl (one record per run) and <out>/peers.md (the table).
+Each repetition runs every framework once, in turn, as a fresh process (A B C D A B C D ...: the
+machine is shared and noisy, so ratios come from medians of interleaved runs). Peers run their
+own scripts with ``--json`` (R timed rounds after one warm-up round; torch at its default
+threads, ``--threads 0``, which is its fastest setting on the CNN). fedjax_sim runs
+``fedjax-sim bench --model {mlp|cnn}`` on the identical workload (N(0,1) data, 64 examples per
+client, batch 16, 1 epoch, SGD 0.05, plain average; the CNN is FedJAX's EMNIST CNN without
+dropout, `models.emnist_cnn`), timing the median of its compiled R-round block after one untimed
+call. A framework whose venv is missing is skipped and named in the output. Writes
+<out>/peers-<stamp>.jsonl (one record per run) and <out>/peers.md (the table).
 """
 from __future__ import annotations
 
@@ -20,80 +27,125 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# name -> (venv link under the peers dir, script, extra args); torch at its default threads
+PEERS = {
+    "fedjax": (".venv-fedjax", "fedjax_fedavg.py", []),
+    "pfl": (".venv-pfl", "pfl_fedavg.py", ["--threads", "0"]),
+    "torch-loop": (".venv-flower", "torch_loop_fedavg.py", ["--threads", "0"]),
+    "flower": (".venv-flower", "flower_fedavg.py", []),
+}
+MLP_ONLY = {"flower"}  # flower_fedavg.py has no CNN
+CONFIGS = {"mlp": [(1000, 100, 5), (100, 10, 20)], "cnn": [(100, 10, 20), (1000, 100, 5)]}
+CLASSES = {"mlp": 10, "cnn": 62}
 
 
-def run_ours(c, k, r, extra):
-    cmd = [sys.executable, "-m", "fedjax_sim.cli", "bench", "--clients", str(c), "--cohort", str(k),
-           "--rounds", str(r), "--repeats", "5", "--json", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+def run_ours(model, c, k, r, extra, timeout):
+    cmd = [sys.executable, "-m", "fedjax_sim.cli", "bench", "--model", model, "--classes", str(CLASSES[model]),
+           "--clients", str(c), "--cohort", str(k), "--rounds", str(r), "--examples-per-client", "64",
+           "--batch-size", "16", "--local-epochs", "1", "--lr", "0.05",
+           "--repeats", "5" if model == "mlp" else "3", "--no-centralized", "--json", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if p.returncode != 0:
         print(p.stderr[-2000:], file=sys.stderr)
         return None
     rec = json.loads(p.stdout.strip().splitlines()[-1])
-    return {"samples_per_s": rec["samples_per_second"], "efficiency": rec["efficiency"],
-            "compile_s": rec["compile_seconds"], "engine": rec["engine"]}
+    return {"samples_per_s": rec["samples_per_second"], "compile_s": rec["compile_seconds"],
+            "engine": rec["engine"], "params": rec["workload"]["parameters"]}
 
 
-def run_peer(python, peers_dir, script, c, k, r):
-    cmd = [python, script, "-C", str(c), "-K", str(k), "-R", str(r), "--json"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=peers_dir, timeout=900)
-    res = [json.loads(l[7:]) for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+def run_peer(peers_dir, spec, model, c, k, r, timeout):
+    venv, script, extra = spec
+    python = os.path.join(peers_dir, venv, "bin", "python")
+    cmd = [python, script, "-C", str(c), "-K", str(k), "-R", str(r), "--model", model, "--json", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=peers_dir, timeout=timeout)
+    res = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     if p.returncode != 0 or not res:
         print(p.stderr[-2000:], file=sys.stderr)
         return None
-    return {"samples_per_s": res[-1]["samples_per_s"]}
+    return {"samples_per_s": res[-1]["samples_per_s"], "params": res[-1].get("params"),
+            "versions": res[-1].get("versions"), "torch_threads": res[-1].get("torch_threads")}
+
+
+def table(records, stamp, reps) -> str:
+    rows = [f"Generated by `scripts/bench_peers.py` on {stamp} (nproc={os.cpu_count()}, {reps} interleaved "
+            "repetitions per framework, a fresh process each; medians with min-max). fedjax_sim times its "
+            "compiled R-round block (median of 5 calls for the MLP, 3 for the CNN, after one untimed call); "
+            "the peers time R rounds after one warm-up round; torch runs at its default threads. The last "
+            "column is fedjax_sim's median over the row's (above 1: fedjax_sim is faster).", "",
+            "| model | C, K, R | framework | samples/s median (min-max) | runs | fedjax_sim / this |",
+            "|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["model"], r["C"], r["K"], r["R"]) for r in records))
+    for key in keys:
+        group = [r for r in records if (r["model"], r["C"], r["K"], r["R"]) == key]
+        by_fw = {}
+        for r in group:
+            by_fw.setdefault(r["framework"], []).append(r["samples_per_s"])
+        ours = statistics.median(by_fw.get("fedjax_sim", [float("nan")]))
+        for fw, vals in by_fw.items():
+            med = statistics.median(vals)
+            rows.append(f"| {key[0]} | {key[1]}, {key[2]}, {key[3]} | {fw} | {med:,.0f} ({min(vals):,.0f}-"
+                        f"{max(vals):,.0f}) | {len(vals)} | {ours / med:.2f}x |")
+    return "\n".join(rows) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers-dir", default=os.path.join(ROOT, "..", "shared", "peers"))
-    ap.add_argument("--fedjax-python", required=True)
-    ap.add_argument("--flower-python", default="")
-    ap.add_argument("--configs", default="1000,100,5;100,10,20", help="C,K,R;C,K,R")
+    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--frameworks", default="fedjax_sim," + ",".join(PEERS))
+    ap.add_argument("--configs", default="", help="C,K,R;C,K,R for every model (default: the peers' two)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ours-args", default="", help="extra args for fedjax-sim bench")
+    ap.add_argument("--timeout", type=int, default=900, help="per-run timeout, seconds")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
+    ap.add_argument("--table", nargs="+", metavar="JSONL", help="run nothing: rewrite peers.md from these files")
     a = ap.parse_args()
-    configs = [tuple(int(v) for v in s.split(",")) for s in a.configs.split(";")]
-    frameworks = {"fedjax_sim": None, "fedjax": (a.fedjax_python, "fedjax_fedavg.py")}
-    if a.flower_python:
-        frameworks["flower"] = (a.flower_python, "flower_fedavg.py")
-    os.makedirs(a.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if a.table:
+        records = [json.loads(line) for f in a.table for line in open(f) if line.strip()]
+        text = table(records, f"{stamp} from {', '.join(os.path.basename(f) for f in a.table)}",
+                     max(r["rep"] for r in records) + 1)
+        open(os.path.join(a.out, "peers.md"), "w").write(text)
+        print(text)
+        return
+    wanted = [f for f in a.frameworks.split(",") if f]
+    unknown = [f for f in wanted if f != "fedjax_sim" and f not in PEERS]
+    if unknown:
+        sys.exit(f"--frameworks: unknown {', '.join(unknown)}; expected fedjax_sim, {', '.join(PEERS)}")
+    missing = [f for f in wanted if f in PEERS and not os.path.exists(
+        os.path.join(a.peers_dir, PEERS[f][0], "bin", "python"))]
+    for f in missing:
+        print(f"skipping {f}: no venv at {os.path.join(a.peers_dir, PEERS[f][0])} (run its setup script)",
+              file=sys.stderr)
+    frameworks = [f for f in wanted if f not in missing]
+    os.makedirs(a.out, exist_ok=True)
     records = []
-    with open(os.path.join(a.out, f"peers-{stamp}.jsonl"), "w") as f:
-        for cfg in configs:
-            for rep in range(a.reps):
-                for name, spec in frameworks.items():
-                    rec = (run_ours(*cfg, a.ours_args.split()) if spec is None
-                           else run_peer(spec[0], a.peers_dir, spec[1], *cfg))
-                    if rec is None:
-                        print(f"{name} {cfg} rep {rep}: FAILED", flush=True)
-                        continue
-                    rec.update(framework=name, C=cfg[0], K=cfg[1], R=cfg[2], rep=rep, nproc=os.cpu_count())
-                    print(json.dumps(rec), flush=True)
-                    f.write(json.dumps(rec) + "\n")
-                    records.append(rec)
-    rows = [f"Generated by `scripts/bench_peers.py` on {stamp} (nproc={os.cpu_count()}, {a.reps} interleaved "
-            "repetitions per framework, fresh process each; medians with min-max).", "",
-            "| C, K, R | framework | samples/s median (min-max) | fedjax_sim / this |", "|---|---|---|---|"]
-    for cfg in configs:
-        med = {}
-        for name in frameworks:
-            v = sorted(r["samples_per_s"] for r in records if r["framework"] == name and (r["C"], r["K"], r["R"]) == cfg)
-            if v:
-                med[name] = (statistics.median(v), v[0], v[-1])
-        for name, (m, lo, hi) in med.items():
-            ratio = med["fedjax_sim"][0] / m if "fedjax_sim" in med else float("nan")
-            rows.append(f"| {cfg[0]}, {cfg[1]}, {cfg[2]} | {name} | {m:,.0f} ({lo:,.0f}-{hi:,.0f}) | {ratio:.2f}x |")
-        effs = [r["efficiency"] for r in records if r["framework"] == "fedjax_sim" and (r["C"], r["K"], r["R"]) == cfg]
-        if effs:
-            rows.append(f"| {cfg[0]}, {cfg[1]}, {cfg[2]} | fedjax_sim efficiency vs centralized | "
-                        f"{statistics.median(effs):.2f} | |")
-    table = "\n".join(rows)
+    with open(os.path.join(a.out, f"peers-{stamp}.jsonl"), "w") as fh:
+        for model in [m for m in a.models.split(",") if m]:
+            configs = ([tuple(int(v) for v in s.split(",")) for s in a.configs.split(";")] if a.configs
+                       else CONFIGS[model])
+            for cfg in configs:
+                for rep in range(a.reps):
+                    for name in frameworks:
+                        if model != "mlp" and name in MLP_ONLY:
+                            continue
+                        t0 = time.time()
+                        rec = (run_ours(model, *cfg, a.ours_args.split(), a.timeout) if name == "fedjax_sim"
+                               else run_peer(a.peers_dir, PEERS[name], model, *cfg, a.timeout))
+                        if rec is None:
+                            print(f"{name} {model} {cfg} rep {rep}: FAILED", flush=True)
+                            continue
+                        rec.update(framework=name, model=model, C=cfg[0], K=cfg[1], R=cfg[2], rep=rep,
+                                   nproc=os.cpu_count(), wall_s=time.time() - t0,
+                                   loadavg=os.getloadavg()[0])
+                        print(json.dumps(rec), flush=True)
+                        fh.write(json.dumps(rec) + "\n")
+                        fh.flush()
+                        records.append(rec)
+    text = table(records, stamp, a.reps)
     with open(os.path.join(a.out, "peers.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Strategies:
   chunked:    ``lax.map`` over blocks of ``chunk_size`` vmapped clients; memory grows with the
               chunk, not the cohort, and on CPU small blocks keep per-client weights in cache.
   sequential: ``lax.map`` one client at a time (chunk 1), the lowest-memory option.
-The default per backend is measured (docs/performance.md), not guessed.
+The default per backend and client-program kind (``dense``: an MLP's materialized steps;
+``conv``: a convolutional model's) is measured (docs/performance.md, scripts/mapping_sweep.py),
+not guessed.
 """
 from __future__ import annotations
 
@@ -19,16 +21,18 @@ STRATEGIES = ("vmap", "chunked", "sequential")
 class ClientMapping(NamedTuple):
     """How per-client functions are mapped: ``strategy`` (``auto`` or one of `STRATEGIES`) and
     ``chunk_size`` (0 = default). ``auto`` is resolved by the code that maps (`resolve`), because
-    the best mapping depends on what is mapped (the factored client program prefers plain vmap)."""
+    the best mapping depends on what is mapped (the factored client program prefers plain vmap);
+    ``kind`` (`KINDS`) says what the clients train, which picks the measured default."""
 
     strategy: str = "auto"
     chunk_size: int = 0
+    kind: str = "dense"
 
     def resolved(self, prefer: str | None = None) -> "ClientMapping":
-        """``auto`` -> ``prefer`` when given, else the measured backend default."""
+        """``auto`` -> ``prefer`` when given, else the measured default for the backend and kind."""
         if self.strategy == "auto" and prefer is not None:
-            return ClientMapping(*resolve(prefer, self.chunk_size))
-        return ClientMapping(*resolve(self.strategy, self.chunk_size))
+            return ClientMapping(*resolve(prefer, self.chunk_size), self.kind)
+        return ClientMapping(*resolve(self.strategy, self.chunk_size, kind=self.kind), self.kind)
 
     def map(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
         """`map_clients` with this mapping (resolved first)."""
@@ -36,8 +40,13 @@ class ClientMapping(NamedTuple):
         return map_clients(fn, in_axes, m.strategy, m.chunk_size)
 
 # Measured defaults (docs/performance.md, scripts/mapping_sweep.py).
+KINDS = ("dense", "conv")
 DEFAULT_STRATEGY = {"cpu": "chunked", "gpu": "vmap", "tpu": "vmap"}
 DEFAULT_CHUNK = {"cpu": 10, "gpu": 0, "tpu": 0}
+# Convolutional clients on CPU: one client at a time keeps a client's patch matrices (about
+# 10 MB per step for the peers' CNN) in cache; vmapping 10 clients ran 1.4x slower
+# (docs/bench/mapping-cpu.md).
+KIND_STRATEGY = {("cpu", "conv"): "sequential"}
 
 
 def trial_chunk(num_trials: int, backend: str | None = None) -> int:
@@ -51,11 +60,13 @@ def trial_chunk(num_trials: int, backend: str | None = None) -> int:
     return max(2, best // max(num_trials, 1)) if best else 0
 
 
-def resolve(strategy: str, chunk_size: int, backend: str | None = None) -> tuple[str, int]:
-    """Turns ``auto`` / ``0`` into the measured default for ``backend`` (default: JAX's)."""
+def resolve(strategy: str, chunk_size: int, backend: str | None = None,
+            kind: str = "dense") -> tuple[str, int]:
+    """Turns ``auto`` / ``0`` into the measured default for ``backend`` (default: JAX's) and the
+    client program's ``kind``."""
     backend = backend or jax.default_backend()
     if strategy == "auto":
-        strategy = DEFAULT_STRATEGY.get(backend, "vmap")
+        strategy = KIND_STRATEGY.get((backend, kind)) or DEFAULT_STRATEGY.get(backend, "vmap")
     if strategy == "chunked" and chunk_size <= 0:
         chunk_size = DEFAULT_CHUNK.get(backend) or 10
     if strategy == "sequential":

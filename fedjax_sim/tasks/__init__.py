@@ -85,13 +85,15 @@ def divide_metrics(sums: Mapping[str, jax.Array]) -> dict:
             for name, value in sums.items() if not is_count(name)}
 
 
-def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: int = 0) -> Task:
+def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: int = 0,
+            train_apply: Callable | None = None) -> Task:
     def output_loss(outputs, batch):
         return masked_mean(pointwise.per_row_loss(outputs, batch["y"]), batch["mask"])
 
     def loss(params, batch, key):
-        del key
-        return output_loss(apply_fn(params, batch["x"]), batch), None
+        if train_apply is None:
+            return output_loss(apply_fn(params, batch["x"]), batch), None
+        return output_loss(train_apply(params, batch["x"], key), batch), None
 
     def metrics(params, batch):
         outputs = apply_fn(params, batch["x"])
@@ -106,7 +108,8 @@ def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: in
 
 def with_apply(task: Task, apply_fn: Callable) -> Task:
     """The same single-output task read through another model function ``apply_fn(params, x)``
-    (e.g. a mixture model's, whose params are not the run model's). ValueError for multi-task."""
+    (e.g. a mixture model's, whose params are not the run model's); its loss uses ``apply_fn``
+    too (no dropout). ValueError for multi-task."""
     if task.pointwise is None:
         raise ValueError(f"task {task.name!r} has no per-row form to rebind")
     return _single(task.pointwise, apply_fn, task.name, task.num_classes)
@@ -141,16 +144,19 @@ def regression_pointwise(loss: str = "mse") -> Pointwise:
 REGRESSION_LOSSES = ("mse", "mae")
 
 
-def classification(apply_fn: Callable, num_classes: int) -> Task:
+def classification(apply_fn: Callable, num_classes: int, train_apply: Callable | None = None) -> Task:
     """Single-label classification: ``apply_fn(params, x [B, ...]) -> logits [B, num_classes]``,
-    batch ``y`` [B] int class ids. Metrics: ``accuracy``, ``loss`` (cross-entropy)."""
-    return _single(classification_pointwise(), apply_fn, "classification", num_classes)
+    batch ``y`` [B] int class ids. Metrics: ``accuracy``, ``loss`` (cross-entropy).
+    ``train_apply(params, x, key)``: the training-mode forward pass the loss uses (a model's
+    dropout, keyed by the loss key); metrics always use ``apply_fn``."""
+    return _single(classification_pointwise(), apply_fn, "classification", num_classes, train_apply)
 
 
-def regression(apply_fn: Callable, loss: str = "mse") -> Task:
+def regression(apply_fn: Callable, loss: str = "mse", train_apply: Callable | None = None) -> Task:
     """Regression: ``apply_fn(params, x) -> [B, D]`` against ``y`` [B] or [B, ...] real targets.
-    The training loss is ``mse`` or ``mae``; metrics report both, plus ``loss``."""
-    return _single(regression_pointwise(loss), apply_fn, f"regression_{loss}")
+    The training loss is ``mse`` or ``mae``; metrics report both, plus ``loss``. ``train_apply``:
+    as for `classification`."""
+    return _single(regression_pointwise(loss), apply_fn, f"regression_{loss}", train_apply=train_apply)
 
 
 def multitask(apply_fn: Callable, tasks: Mapping[str, Pointwise],
