@@ -7,7 +7,7 @@ Builds the bench workload's model (`fedjax_sim.bench.BENCH_MODELS`), its task an
 client program (`core.local.make_local_train`: a masked `lax.scan` over the local steps, batch
 16, 64 examples, 1 epoch), maps it over ``--clients`` clients with plain vmap (1 client: no
 vmap; the engine's sequential mapping runs clients this way), and times it under
-`jax.profiler`. Every XLA operation of the step is listed with its mean time per local step, the
+`jax.profiler`, compiled with the engine's XLA options (`core.driver.compiler_options`). Every XLA operation of the step is listed with its mean time per local step, the
 layer and pass it comes from (forward, or ``backward`` for a transposed JVP) and its output shape,
 read from the optimized HLO. Writes <out>/profile-<model>-<optimizer>-<clients>.md.
 """
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_sim.bench import BENCH_MODELS, PEERS_IMAGE
+from fedjax_sim.core.driver import compiler_options
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.optim import make_optimizer
 from fedjax_sim.models import build_model
@@ -85,7 +86,8 @@ def main():
     def one(xc, yc, k):
         return local(params, opt.init(params), {"x": xc, "y": yc}, jnp.int32(N), k)[0]
 
-    fn = jax.jit(jax.vmap(one) if a.clients > 1 else lambda x, y, k: one(x[0], y[0], k[0]))
+    fn = jax.jit(jax.vmap(one) if a.clients > 1 else lambda x, y, k: one(x[0], y[0], k[0]),
+                 compiler_options=compiler_options())  # as the engine compiles its round block
     compiled = fn.lower(x, y, keys).compile()
     index = hlo_index(compiled.as_text())
     jax.block_until_ready(compiled(x, y, keys))
