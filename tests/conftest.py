@@ -212,3 +212,11 @@ def weighted_average(trees, weights):
     return out
 
 
+def assert_config_error(capsys, rc, field, value):
+    """Bad input: exit code 2 and exactly one stderr line naming the field and the value."""
+    captured = capsys.readouterr()
+    lines = [l for l in captured.err.splitlines() if l.strip()]
+    assert rc == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert field in lines[0] and value in lines[0], lines[0]
+    return lines[0]

@@ -17,6 +17,7 @@ from fedjax_sim import cli
 from fedjax_sim import config as config_lib, runner
 from fedjax_sim.data import sources
 from fedjax_sim.errors import ConfigError
+from conftest import assert_config_error
 
 SUMMARY_KEYS = {"algorithm", "dataset", "task", "config", "rounds_completed", "data", "final",
                 "timing", "status", "evaluated_on", "seeds", "final_std", "per_seed"}
@@ -362,13 +363,7 @@ def test_preset_round_trips_through_config_json(tmp_path, capsys):
     assert config_lib.to_dict(cfg) == {k: v for k, v in stored.items() if k not in ("resolved", "out")} | {"out": ""}
 
 
-def _assert_config_error(capsys, rc, field, value):
-    captured = capsys.readouterr()
-    lines = [l for l in captured.err.splitlines() if l.strip()]
-    assert rc == 2, captured.err
-    assert len(lines) == 1, captured.err
-    assert field in lines[0] and value in lines[0], lines[0]
-    return lines[0]
+_assert_config_error = assert_config_error
 
 
 @pytest.mark.parametrize("args,field,value", BAD_RUNS, ids=[" ".join(a) for a, _, _ in BAD_RUNS])

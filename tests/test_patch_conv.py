@@ -39,7 +39,9 @@ def test_patches_follow_the_kernel_layout():
                 np.testing.assert_array_equal(got[b, h, w], row)
 
 
-@pytest.mark.parametrize("name,shape", [("cnn", (28, 28, 1)), ("cnn", (8, 8, 1)), ("cifar_cnn", (32, 32, 3))])
+@pytest.mark.parametrize("name,shape", [("cnn", (28, 28, 1)), ("cnn", (8, 8, 1)), ("cifar_cnn", (32, 32, 3)),
+                                        ("emnist_cnn", (28, 28, 1)), ("emnist_cnn", (8, 8, 1)),
+                                        ("simple_cnn", (12, 12, 3))])
 def test_conv_models_agree_across_implementations(name, shape):
     x = jax.random.normal(jax.random.PRNGKey(2), (4, *shape))
     xla, patches = build_model(name, shape, 10, conv="xla"), build_model(name, shape, 10, conv="patches")
