@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_sim import config as config_lib
+from fedjax_sim import parallel
 from fedjax_sim.core.driver import compiler_options, make_block, round_inputs
 from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.mapping import STRATEGIES
 from fedjax_sim.core.optim import OPTIMIZERS, make_optimizer
 from fedjax_sim.data.federated import make_federated
 from fedjax_sim.errors import ConfigError
@@ -33,6 +35,8 @@ BENCH_MODELS = {"mlp": ("mlp", "vector"), "cnn": ("emnist_cnn", "image"), "emnis
                 "simple_cnn": ("simple_cnn", "image"), "cifar_cnn": ("cifar_cnn", "image"),
                 "fedavg_cnn": ("cnn", "image")}
 PEERS_IMAGE = (28, 28, 1)
+BENCH_FLAGS = {"client_mapping": "--client-mapping", "chunk_size": "--chunk-size", "mesh_devices": "--mesh-devices",
+               "local.formulation": "--formulation", "cohort": "--cohort"}
 
 
 def synthetic_workload(clients: int, examples: int, features: int | tuple, classes: int, seed: int = 0):
@@ -49,6 +53,16 @@ def synthetic_workload(clients: int, examples: int, features: int | tuple, class
                           num_classes=classes, name="bench-synthetic")
 
 
+def _peak_rss() -> int | None:
+    """This process's peak resident set size in bytes (None where `resource` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if platform.system() == "Darwin" else peak * 1024)  # macOS: bytes; Linux: KiB
+
+
 def _time(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -61,7 +75,7 @@ def _time(fn, repeats: int) -> list[float]:
 def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), classes: int = 10,
           clients: int = 1000, cohort: int = 100, examples_per_client: int = 64,
           batch_size: int = 16, local_epochs: int = 1, lr: float = 0.05, rounds: int = 5,
-          repeats: int = 5, client_mapping: str = "auto", chunk_size: int = 0,
+          repeats: int = 5, client_mapping: str = "auto", chunk_size: int = 0, mesh_devices: int = 0,
           formulation: str = "auto", seed: int = 0, optimizer: str = "sgd",
           momentum: float = 0.9, image_shape: tuple | None = None, conv: str = "auto",
           centralized: bool = True) -> dict:
@@ -99,8 +113,14 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
             raise ConfigError(name, value, f"an integer >= {low}")
     if cohort > clients:
         raise ConfigError("--cohort", cohort, f"at most --clients={clients}")
+    mappings = ("auto",) + STRATEGIES
+    if client_mapping not in mappings:
+        raise ConfigError("--client-mapping", client_mapping, "one of " + ", ".join(mappings))
+    for name, value in (("--chunk-size", chunk_size), ("--mesh-devices", mesh_devices)):
+        if value < 0:
+            raise ConfigError(name, value, "an integer >= 0 (0 = default)")
     cfg = config_lib.Config(algorithm="fedavg", rounds=rounds, cohort=cohort, seed=seed,
-                            client_mapping=client_mapping, chunk_size=chunk_size)
+                            client_mapping=client_mapping, chunk_size=chunk_size, mesh_devices=mesh_devices)
     cfg.model.name, cfg.model.hidden, cfg.model.conv = model_name, tuple(hidden), conv
     cfg.local.optimizer, cfg.local.lr, cfg.local.batch_size = optimizer, lr, batch_size
     cfg.local.momentum = momentum
@@ -108,16 +128,24 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     cfg.server.optimizer, cfg.server.lr, cfg.server.weighting = "sgd", 1.0, "uniform"
     cfg.data.num_clients = clients
     data = synthetic_workload(clients, examples_per_client, feature_shape, classes, seed)
-    prep = prepare(cfg, data)
-    data = jax.device_put(data)
+    data_bytes = int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(data)))
+    try:
+        prep = prepare(cfg, data)
+    except ConfigError as e:  # a config field the bench sets from a flag: name the flag
+        raise ConfigError(BENCH_FLAGS.get(e.field, e.field), e.value, e.allowed) from None
+    mesh = prep.mapping.mesh
+    whole = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
+    put = jax.device_put if mesh is None else (lambda tree: parallel.put_replicated(tree, mesh))
+    data = put(data)
     alg = prep.algorithm
     key = jax.random.PRNGKey(seed)
-    state = jax.jit(alg.init)(key, data)
-    inputs = round_inputs(jax.random.split(key, rounds), 0, rounds, rounds)
+    state = jax.jit(alg.init, **whole)(put(key), data)
+    inputs = put(round_inputs(jax.random.split(key, rounds), 0, rounds, rounds))
     block_fn = make_block(alg.round, state, data, jax.tree.map(lambda a: a[0], inputs))
 
     t0 = time.perf_counter()
-    block = jax.jit(block_fn, compiler_options=compiler_options()).lower(state, data, inputs).compile()
+    block = jax.jit(block_fn, compiler_options=compiler_options(), donate_argnums=0,
+                    **whole).lower(state, data, inputs).compile()
     compile_s = time.perf_counter() - t0
     holder = {"state": state}
 
@@ -129,6 +157,7 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     fl_times = _time(fl_call, repeats)
     samples = rounds * cohort * examples_per_client * local_epochs
 
+    state = holder["state"]  # the first state was donated to the first call
     params = alg.global_params(state)
     fl_s = statistics.median(fl_times)
     fl_sps = samples / fl_s
@@ -152,7 +181,11 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
                      "clients": clients, "cohort": cohort, "examples_per_client": examples_per_client,
                      "batch_size": batch_size, "local_epochs": local_epochs, "lr": lr,
                      "rounds": rounds, "repeats": repeats},
+        # the process's peak resident memory (host RAM; on CPU this includes the device's arrays)
+        "memory": {"peak_rss_bytes": _peak_rss(), "data_bytes": data_bytes,
+                   "state_bytes": int(sum(a.nbytes for a in jax.tree.leaves(state)))},
         "engine": {"client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
+                   "devices": 1 if mesh is None else mesh.size,
                    "formulation": alg.info.get("formulation"), "local_steps": prep.schedule.num_steps,
                    "optimizer": optimizer,
                    "conv": resolve_conv(conv) if kind == "image" else None},

@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-every", metavar="N", help="checkpoint the round loop every N rounds so "
                                                            "--resume can continue a killed run (default: only "
                                                            "when interrupted by Ctrl-C / SIGTERM)")
+    d = r.add_argument_group("multi-process (docs/scale.md)")
+    d.add_argument("--distributed", action="store_true",
+                   help="join JAX's distributed runtime: every process runs this same command, the cohort "
+                        "is sharded over all processes' devices, and process 0 writes the run directory")
+    d.add_argument("--coordinator-address", metavar="HOST:PORT",
+                   help="process 0's address (default: $JAX_COORDINATOR_ADDRESS, or SLURM / Open MPI's)")
+    d.add_argument("--num-processes", metavar="N", help="processes in the run (default: $JAX_NUM_PROCESSES, "
+                                                        "or SLURM / Open MPI's)")
+    d.add_argument("--process-id", metavar="I", help="this process's index in [0, N) (default: $JAX_PROCESS_ID, "
+                                                     "or SLURM / Open MPI's)")
     w = sub.add_parser("sweep", help="a grid of hyper-parameters over seeds, selected on a validation "
                                      "split carved from each client's training rows (test rows unseen)")
     w.add_argument("--algorithm", default=None, help="algorithm(s) to tune, separated by commas "
@@ -85,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lr", type=float, default=0.05)
     b.add_argument("--rounds", type=int, default=5)
     b.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
-    b.add_argument("--client-mapping", default="auto", help="auto | vmap | chunked | sequential")
+    b.add_argument("--client-mapping", default="auto", help="auto | vmap | chunked | sequential | sharded")
     b.add_argument("--chunk-size", type=int, default=0)
+    b.add_argument("--mesh-devices", type=int, default=0, help="sharded: devices in the client mesh (0 = all)")
     b.add_argument("--formulation", default="auto", help="auto | materialized | factored")
     b.add_argument("--optimizer", default="sgd", help="client optimizer (fedjax-sim list)")
     b.add_argument("--momentum", type=float, default=0.9, help="with --optimizer momentum")
@@ -233,11 +244,20 @@ def cmd_run(a) -> int:
     from fedjax_sim import config as config_lib
     from fedjax_sim import runner, trials
 
+    given = [f for f in ("coordinator_address", "num_processes", "process_id") if getattr(a, f) is not None]
+    if given and not a.distributed:
+        raise ConfigError("--" + given[0].replace("_", "-"), getattr(a, given[0]), "given only with --distributed")
+    if a.distributed and a.resume is not None:
+        raise ConfigError("--resume", a.resume, "a single-process run: resume without --distributed (a "
+                                                "checkpoint holds whole arrays; resuming on several processes "
+                                                "is not supported yet)")
     if a.resume is not None:
         return cmd_resume(a)
 
     cfg = config_from_args(a)
     algorithms = _algorithm_list(a, cfg, DEFAULT_ALGORITHMS)
+    if a.distributed:
+        _join(a, cfg, algorithms)
     baselines = algorithms
     if a.baselines is not None:
         baselines = [x.strip() for x in a.baselines.split(",") if x.strip()]
@@ -248,6 +268,16 @@ def cmd_run(a) -> int:
     named = config_lib.copy_config(cfg)
     named.algorithm = "-".join(algorithms)
     base_out = a.out or cfg.out or runner._default_out(named)
+    worker = a.distributed and not _is_main_process()
+    if worker:
+        # every process runs the same programs in the same order (each holds a copy of every
+        # replicated output); only process 0 keeps what they write
+        import atexit
+        import shutil
+        import tempfile
+        scratch = tempfile.mkdtemp(prefix="fedjax-sim-worker-")
+        atexit.register(shutil.rmtree, scratch, True)
+        shown_out, base_out = base_out, os.path.join(scratch, "run")
     seeds = trials.run_seeds(cfg)
     groups = []
     for name in algorithms:  # validate every run before running (and compiling) any
@@ -281,9 +311,38 @@ def cmd_run(a) -> int:
         Path(base_out, "results.md").write_text(table + "\n")
     if len(seeds) > 1:
         seed_points_plot(summaries, Path(base_out, "seeds.png"))
-    print(f"\nrun directory: {base_out}")
+    if worker:
+        import jax
+
+        print(f"\nprocess {jax.process_index()} of {jax.process_count()}: process 0 writes the run directory "
+              f"({shown_out if a.out or cfg.out else 'its default name'})")
+    else:
+        print(f"\nrun directory: {base_out}")
     trials.raise_if_diverged(summaries)
     return 0
+
+
+def _join(a, cfg, algorithms: list[str]) -> None:
+    """--distributed: validates every algorithm's config and the process settings (exit 2 before
+    any process waits for the others), then joins the distributed runtime; the sharded client
+    mapping then spans every process's devices."""
+    from fedjax_sim import config as config_lib
+    from fedjax_sim import parallel
+
+    for name in algorithms:
+        c = config_lib.copy_config(cfg)
+        c.algorithm = name
+        config_lib.validate(c)
+    if cfg.client_mapping not in ("auto", "sharded"):
+        raise ConfigError("client_mapping", cfg.client_mapping, "auto or sharded with --distributed (the cohort "
+                                                                "is split over every process's devices)")
+    parallel.initialize(parallel.DistributedConfig(a.coordinator_address, a.num_processes, a.process_id))
+
+
+def _is_main_process() -> bool:
+    from fedjax_sim import parallel
+
+    return parallel.is_main_process()
 
 
 @contextlib.contextmanager
@@ -502,7 +561,7 @@ def cmd_bench(a) -> int:
                          clients=a.clients, cohort=a.cohort, examples_per_client=a.examples_per_client,
                          batch_size=a.batch_size, local_epochs=a.local_epochs, lr=a.lr,
                          rounds=a.rounds, repeats=a.repeats, client_mapping=a.client_mapping,
-                         chunk_size=a.chunk_size, formulation=a.formulation,
+                         chunk_size=a.chunk_size, mesh_devices=a.mesh_devices, formulation=a.formulation,
                          optimizer=a.optimizer, momentum=a.momentum, centralized=not a.no_centralized)
     if not a.json:
         print(bench.format_human(result))

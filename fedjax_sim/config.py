@@ -283,8 +283,13 @@ class Config:
     seeds: tuple[int, ...] = ()
     trials: str = "auto"  # how seeds and grid points run: auto | vmap (one program) | sequential
     preset: str = ""  # the --preset applied first, if any (recorded; `fedjax-sim list` names them)
-    client_mapping: str = "auto"  # auto (measured: CPU conv models sequential, else chunked; vmap on GPU) | vmap | chunked | sequential
-    chunk_size: int = 0  # chunked: clients per vmapped block; 0 = measured default
+    # auto (measured: sharded over every device when JAX sees several; on one device: CPU conv
+    # models sequential, else chunked; vmap on GPU) | vmap | chunked | sequential | sharded (the
+    # cohort split over mesh_devices devices, each mapping its share with the measured default)
+    client_mapping: str = "auto"
+    # chunked: clients per vmapped block; sharded: per device (0 = vmap); 0 = measured default
+    chunk_size: int = 0
+    mesh_devices: int = 0  # sharded: the first this many of JAX's devices form the client mesh; 0 = all
     out: str = ""  # the run directory; "" = runs/<time>-<algorithm>-<dataset>
     checkpoint: bool = False  # write the final state as checkpoint.npz (checkpoint_seed<s>.npz per seed)
     # > 0: checkpoint the round loop every this many rounds (at the end of the evaluation block
@@ -638,8 +643,9 @@ def validate(cfg: Config) -> None:
     check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
           "an integer >= 0 (rounds between resumable checkpoints; 0 = only when interrupted)")
     check(cfg.chunk_size >= 0, "chunk_size", cfg.chunk_size, "an integer >= 0 (0 = default)")
-    mappings = ("auto", "vmap", "chunked", "sequential")
+    mappings = ("auto", "vmap", "chunked", "sequential", "sharded")
     check(cfg.client_mapping in mappings, "client_mapping", cfg.client_mapping, "one of " + ", ".join(mappings))
+    check(cfg.mesh_devices >= 0, "mesh_devices", cfg.mesh_devices, "an integer >= 0 (0 = every device)")
     d = cfg.data
     check(d.num_clients >= 1, "data.num_clients", d.num_clients, "an integer >= 1")
     check(cfg.cohort <= d.num_clients, "cohort", cfg.cohort, f"at most data.num_clients={d.num_clients}")
@@ -755,7 +761,7 @@ MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment
 # partition); the rest name or observe the run without changing what is trained.
 NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials", "eval_every", "checkpoint", "checkpoint_every",
                  "tensorboard",
-                 "client_mapping", "chunk_size")
+                 "client_mapping", "chunk_size", "mesh_devices")
 NOT_GRIDDABLE_SECTIONS = ("data", "task")
 
 

@@ -18,7 +18,7 @@ from fedjax_sim import tasks as tasks_lib
 from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_clock, with_reference
 from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global, evaluate_multitask
 from fedjax_sim.core.local import Schedule
-from fedjax_sim.core.mapping import ClientMapping
+from fedjax_sim.core.mapping import ClientMapping, client_mapping
 from fedjax_sim.core.optim import make_optimizer
 from fedjax_sim.errors import ConfigError
 from fedjax_sim.models import DROPOUT_MODELS, MODELS, Model, build_model
@@ -175,8 +175,8 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     epochs = client_epochs(cfg, data)
     schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs if epochs is None else int(epochs.max()),
                              loc.steps)
-    mapping = ClientMapping(cfg.client_mapping, cfg.chunk_size,
-                            "conv" if getattr(model, "convolutional", False) else "dense")
+    mapping = client_mapping(cfg.client_mapping, cfg.chunk_size,
+                             "conv" if getattr(model, "convolutional", False) else "dense", cfg.mesh_devices)
     prep = Prepared(cfg, data, model, task, schedule, mapping, None, stats)
     alg = make_algorithm(prep, cfg, check=True)
     if alg.info.get("needs_proxy"):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_sim import checkpoints, jsonio
+from fedjax_sim import checkpoints, jsonio, parallel
 from fedjax_sim import config as config_lib
 from fedjax_sim.core.driver import compiler_options, count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
@@ -245,9 +245,14 @@ class _Program(NamedTuple):
     privacy: Any = None
 
 
-def _program(prep, swept: tuple, configs: list, axes: _Axes) -> _Program:
+def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None) -> _Program:
     """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
-    inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``."""
+    inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``.
+
+    With a client ``mesh`` (the sharded client mapping) every output is replicated over it: the
+    cohort is split over the devices only inside a round, and the host (every process of a
+    multi-process run) reads states and metrics whole. Left to propagation, XLA may split a small
+    output unevenly, which JAX cannot represent."""
     from fedjax_sim import runner
 
     hp = {f: jnp.asarray([config_lib.get_field(c, f) for c in configs], jnp.float32) for f in swept}
@@ -289,13 +294,14 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes) -> _Program:
         return out
 
     attack = prep.task.target_kind != "multi"
+    whole = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
     return _Program(
-        jax.jit(_wrap(init, ("hp", "seed", "seed"), axes)),
+        jax.jit(_wrap(init, ("hp", "seed", "seed"), axes), **whole),
         jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1,
-                compiler_options=compiler_options()),
-        jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes)),
-        None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes)),
-        hp, jax.jit(_wrap(privacy, ("hp", "trial", "seed", "seed"), axes)) if attack else None)
+                compiler_options=compiler_options(), **whole),
+        jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes), **whole),
+        None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes), **whole),
+        hp, jax.jit(_wrap(privacy, ("hp", "trial", "seed", "seed"), axes), **whole) if attack else None)
 
 
 def _seed_keys(seed: int):
@@ -360,8 +366,12 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         _restore_trials(trials, saved, configs, points, seeds)
         if saved.get("complete"):  # this unit had finished before the interruption
             return UnitResult([t for row in trials for t in row], saved["timing"])
+    mesh = prep.mapping.mesh
+    # on a mesh, every program input is a global array replicated over it (each process fills its
+    # own devices with the same host values); on one device, JAX places inputs itself
+    put = (lambda tree: parallel.put_replicated(tree, mesh)) if mesh is not None else (lambda tree: tree)
     with count_compiles() as all_compiles:
-        data = jax.device_put(data)
+        data = jax.device_put(data) if mesh is None else put(data)
         keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
         if not axes.seeds:
             keys = keys[0]
@@ -376,11 +386,13 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         clocked = alg.info.get("clock") is not None  # rounds report round_time: log the clock
         budget = cfg.clock.time_budget if clocked else 0.0
         virtual_time = np.zeros((S, G))
-        program = _program(prep, swept, configs, axes)
-        state = program.init(program.hp, k_init, data)
+        program = _program(prep, swept, configs, axes, mesh)
+        program = program._replace(hp=put(program.hp))
+        state = program.init(program.hp, put(k_init), data)
         train_s, samples, block_compiles, first_block = 0.0, 0.0, 0, 0
         if saved is not None:  # continue from the checkpoint: same keys, restored state
             state, saved = checkpoints.load(resume_dir, jax.eval_shape(lambda: state))
+            state = put(state)
             virtual_time = np.asarray(saved["virtual_time"], np.float64)
             train_s, samples, block_compiles = saved["train_seconds"], saved["samples"], saved["block_compiles"]
             first_block = saved["block"] + 1
@@ -392,7 +404,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         def log_eval(rnd: int, logged):
             fold = lambda k: jax.random.fold_in(k, rnd)
             key = jax.vmap(fold)(k_eval) if axes.seeds else fold(k_eval)
-            m = _lead(program.evaluate(program.hp, state, data, key), axes)
+            m = _lead(program.evaluate(program.hp, state, data, put(key)), axes)
             for i in range(S):
                 for j in range(G):
                     t = trials[i][j]
@@ -432,7 +444,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         for b in range(first_block, math.ceil(cfg.rounds / block_len)):
             lo = b * block_len
             count = min(block_len, cfg.rounds - lo)
-            inputs = inputs_for(lo, count)
+            inputs = put(inputs_for(lo, count))
             jax.block_until_ready(inputs)
             t0 = time.perf_counter()
             with count_compiles() as compiles:
@@ -517,7 +529,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         if program.privacy is not None:
             fold = lambda k: jax.random.fold_in(k, cfg.rounds + 1)  # noqa: E731
             key = jax.vmap(fold)(k_eval) if axes.seeds else fold(k_eval)
-            mia = _lead(program.privacy(program.hp, state, data, key), axes)
+            mia = _lead(program.privacy(program.hp, state, data, put(key)), axes)
             for i in range(S):
                 for j in range(G):
                     if trials[i][j].status == "ok":
@@ -697,6 +709,8 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
                             "cohort": cfg.cohort or prep.data.num_clients,
                             "model": prep.model.name, "task": prep.task.name, **prep.algorithm.info,
                             "backend": jax.default_backend(),
+                            "devices": 1 if prep.mapping.mesh is None else prep.mapping.mesh.size,
+                            "processes": jax.process_count(),
                             "trials": {"mode": pg.mode, "reason": pg.reason, "seeds": list(pg.group.seeds),
                                        "grid_points_in_program": len(pg.group.configs),
                                        "swept": list(pg.group.swept)}}

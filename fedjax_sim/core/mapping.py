@@ -5,17 +5,26 @@ Strategies:
   chunked:    ``lax.map`` over blocks of ``chunk_size`` vmapped clients; memory grows with the
               chunk, not the cohort, and on CPU small blocks keep per-client weights in cache.
   sequential: ``lax.map`` one client at a time (chunk 1), the lowest-memory option.
+  sharded:    the cohort split over the devices of a one-axis `jax.sharding.Mesh` (axis
+              ``clients``, `fedjax_sim.parallel`); each device maps its own clients with the
+              backend's measured default (``chunk_size``: 0 = vmap, 1 = one at a time, k = chunks
+              of k). A cohort the devices do not divide is padded with copies of its first client,
+              whose outputs are dropped. Aggregating the mapped outputs (a mean over clients)
+              becomes a cross-device reduction chosen by XLA.
 The default per backend and client-program kind (``dense``: an MLP's materialized steps;
 ``conv``: a convolutional model's) is measured (docs/performance.md, scripts/mapping_sweep.py),
 not guessed.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 
-STRATEGIES = ("vmap", "chunked", "sequential")
+from fedjax_sim import parallel
+
+STRATEGIES = ("vmap", "chunked", "sequential", "sharded")
 
 
 class ClientMapping(NamedTuple):
@@ -27,17 +36,24 @@ class ClientMapping(NamedTuple):
     strategy: str = "auto"
     chunk_size: int = 0
     kind: str = "dense"
+    mesh: Any = None  # sharded: the `jax.sharding.Mesh` (one axis, `parallel.AXIS`)
 
     def resolved(self, prefer: str | None = None) -> "ClientMapping":
-        """``auto`` -> ``prefer`` when given, else the measured default for the backend and kind."""
+        """``auto`` -> ``prefer`` when given, else the measured default for the backend and kind.
+        ``sharded`` stays sharded; ``prefer`` / the default then picks each device's own mapping,
+        recorded as ``chunk_size`` (0 = vmap)."""
+        if self.strategy == "sharded":
+            inner, chunk = resolve(prefer or "auto", self.chunk_size, kind=self.kind)
+            return self._replace(chunk_size=0 if inner == "vmap" else chunk)
         if self.strategy == "auto" and prefer is not None:
-            return ClientMapping(*resolve(prefer, self.chunk_size), self.kind)
-        return ClientMapping(*resolve(self.strategy, self.chunk_size, kind=self.kind), self.kind)
+            return self._replace(strategy=prefer, chunk_size=resolve(prefer, self.chunk_size)[1])
+        return self._replace(**dict(zip(("strategy", "chunk_size"),
+                                         resolve(self.strategy, self.chunk_size, kind=self.kind))))
 
     def map(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
         """`map_clients` with this mapping (resolved first)."""
         m = self.resolved()
-        return map_clients(fn, in_axes, m.strategy, m.chunk_size)
+        return map_clients(fn, in_axes, m.strategy, m.chunk_size, m.mesh)
 
 # Measured defaults (docs/performance.md, scripts/mapping_sweep.py).
 KINDS = ("dense", "conv")
@@ -47,6 +63,26 @@ DEFAULT_CHUNK = {"cpu": 10, "gpu": 0, "tpu": 0}
 # 10 MB per step for the peers' CNN) in cache; vmapping 10 clients ran 1.4x slower
 # (docs/bench/mapping-cpu.md).
 KIND_STRATEGY = {("cpu", "conv"): "sequential"}
+
+
+def client_mapping(strategy: str, chunk_size: int = 0, kind: str = "dense",
+                   mesh_devices: int = 0) -> ClientMapping:
+    """A run's mapping, with its mesh when sharded. ``auto`` is ``sharded`` over every device
+    when JAX sees several (a multi-process run, several GPUs, or forced host devices: measured in
+    docs/performance.md); a multi-process run must shard (each process holds only its own devices).
+    ConfigError naming the field for a mesh that cannot be built."""
+    from fedjax_sim.errors import ConfigError
+
+    if strategy == "auto" and jax.device_count() > 1:
+        strategy = "sharded"
+    if jax.process_count() > 1 and strategy != "sharded":
+        raise ConfigError("client_mapping", strategy, f"auto or sharded in a {jax.process_count()}-process run "
+                                                      "(the cohort is split over every process's devices)")
+    if mesh_devices and strategy != "sharded":
+        raise ConfigError("mesh_devices", mesh_devices, f"0 with client_mapping={strategy} (only the sharded "
+                                                        "mapping uses a mesh)")
+    mesh = parallel.client_mesh(mesh_devices) if strategy == "sharded" else None
+    return ClientMapping(strategy, chunk_size, kind, mesh)
 
 
 def trial_chunk(num_trials: int, backend: str | None = None) -> int:
@@ -75,13 +111,19 @@ def resolve(strategy: str, chunk_size: int, backend: str | None = None,
 
 
 def map_clients(fn: Callable, in_axes: Sequence[int | None], strategy: str = "vmap",
-                chunk_size: int = 0) -> Callable:
+                chunk_size: int = 0, mesh=None) -> Callable:
     """Maps ``fn`` over axis 0 of the arguments whose ``in_axes`` entry is 0.
 
     Arguments with ``None`` are shared by every client (e.g. the global model). Outputs are
     stacked on a new leading client axis in every strategy, so callers never know which ran.
+    ``sharded`` needs ``mesh``; its ``chunk_size`` is each device's (0 = vmap).
     """
     in_axes = tuple(in_axes)
+    if strategy == "sharded":
+        if mesh is None:
+            raise ValueError("the sharded client mapping needs a mesh (fedjax_sim.parallel.client_mesh)")
+        inner = "vmap" if chunk_size == 0 else ("sequential" if chunk_size == 1 else "chunked")
+        return _sharded(map_clients(fn, in_axes, inner, chunk_size), in_axes, mesh)
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
     if strategy not in ("chunked", "sequential"):
@@ -99,3 +141,35 @@ def map_clients(fn: Callable, in_axes: Sequence[int | None], strategy: str = "vm
         return jax.lax.map(one, per_client, batch_size=None if batch == 1 else batch)
 
     return mapped
+
+
+def _sharded(mapped: Callable, in_axes: tuple, mesh) -> Callable:
+    """``mapped`` (any client mapping of [K, ...] arguments) run on every device of ``mesh`` over
+    its own [K_pad / D] clients: the per-client arguments are padded to a multiple of the D
+    devices (copies of client 0: real data, so nothing in the padding can be non-finite), laid out
+    [D, K_pad / D, ...] with the device axis sharded, and the outputs put back to [K, ...]."""
+    devices = mesh.shape[parallel.AXIS]
+    split = parallel.client_sharding(mesh)
+
+    def mapped_sharded(*args):
+        per_client = [a for a, ax in zip(args, in_axes) if ax == 0]
+        k = jax.tree.leaves(per_client)[0].shape[0]
+        pad = -k % devices
+
+        def lay_out(a):
+            if pad:
+                a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad, *a.shape[1:]))])
+            a = a.reshape(devices, (k + pad) // devices, *a.shape[1:])
+            return jax.lax.with_sharding_constraint(a, split)
+
+        laid = iter(jax.tree.map(lay_out, per_client))
+        full = [next(laid) if ax == 0 else a for a, ax in zip(args, in_axes)]
+        out = jax.vmap(mapped, in_axes=in_axes)(*full)
+
+        def put_back(a):
+            a = jax.lax.with_sharding_constraint(a, split)
+            return a.reshape(k + pad, *a.shape[2:])[:k]
+
+        return jax.tree.map(put_back, out)
+
+    return mapped_sharded

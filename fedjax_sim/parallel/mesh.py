@@ -1,0 +1,54 @@
+"""The client mesh: every device JAX sees (all processes' in a multi-process run) on one axis,
+``clients``, over which the sharded client mapping splits a cohort."""
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fedjax_sim.errors import ConfigError
+
+AXIS = "clients"
+
+
+def client_mesh(num_devices: int = 0, field: str = "mesh_devices") -> Mesh:
+    """A one-axis mesh over the first ``num_devices`` of `jax.devices()` (0 = all of them).
+
+    Its axis is Auto (XLA propagates shardings from the mapping's constraints): `jax.make_mesh`
+    defaults to Explicit axes, under which every op would have to state its sharding. ConfigError
+    naming ``field`` for more devices than there are, or for a subset of devices in a
+    multi-process run (every process must take part in every program).
+    """
+    devices = jax.devices()
+    n = num_devices or len(devices)
+    if not 1 <= n <= len(devices):
+        raise ConfigError(field, num_devices, f"0 (all) or an integer in [1, {len(devices)}]: JAX sees "
+                                              f"{len(devices)} {devices[0].platform} device(s)")
+    if jax.process_count() > 1 and n != len(devices):
+        raise ConfigError(field, num_devices, f"0 or {len(devices)} in a {jax.process_count()}-process run "
+                                              "(every process's devices are in the mesh)")
+    return Mesh(np.asarray(devices[:n]), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def client_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the mesh's devices, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A whole copy on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Every leaf of ``tree`` (host or device arrays, the same values in every process) as a
+    global array replicated over ``mesh``; each process fills only its own devices, so this works
+    unchanged in a multi-process run. Leaves are read to host once."""
+    sharding = replicated(mesh)
+
+    def put(a):
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
