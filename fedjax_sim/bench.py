@@ -136,7 +136,7 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     mesh = prep.mapping.mesh
     whole = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
     put = jax.device_put if mesh is None else (lambda tree: parallel.put_replicated(tree, mesh))
-    data = put(data)
+    data = jax.device_put(data) if mesh is None else parallel.put_clients(data, mesh, clients)
     alg = prep.algorithm
     key = jax.random.PRNGKey(seed)
     state = jax.jit(alg.init, **whole)(put(key), data)
@@ -186,6 +186,7 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
                    "state_bytes": int(sum(a.nbytes for a in jax.tree.leaves(state)))},
         "engine": {"client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
                    "devices": 1 if mesh is None else mesh.size,
+                   "data_placement": "device" if mesh is None else parallel.data_placement(clients, mesh),
                    "formulation": alg.info.get("formulation"), "local_steps": prep.schedule.num_steps,
                    "optimizer": optimizer,
                    "conv": resolve_conv(conv) if kind == "image" else None},

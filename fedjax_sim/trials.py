@@ -371,7 +371,10 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
     # own devices with the same host values); on one device, JAX places inputs itself
     put = (lambda tree: parallel.put_replicated(tree, mesh)) if mesh is not None else (lambda tree: tree)
     with count_compiles() as all_compiles:
-        data = jax.device_put(data) if mesh is None else put(data)
+        if mesh is None:
+            data = jax.device_put(data)
+        else:  # split over the devices by client where they divide the population
+            data = parallel.put_clients(data, mesh, prep.data.num_clients, axis=1 if axes.seeds else 0)
         keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
         if not axes.seeds:
             keys = keys[0]
@@ -710,6 +713,8 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
                             "model": prep.model.name, "task": prep.task.name, **prep.algorithm.info,
                             "backend": jax.default_backend(),
                             "devices": 1 if prep.mapping.mesh is None else prep.mapping.mesh.size,
+                            "data_placement": ("device" if prep.mapping.mesh is None else
+                                               parallel.data_placement(prep.data.num_clients, prep.mapping.mesh)),
                             "processes": jax.process_count(),
                             "trials": {"mode": pg.mode, "reason": pg.reason, "seeds": list(pg.group.seeds),
                                        "grid_points_in_program": len(pg.group.configs),

@@ -99,10 +99,13 @@ def _metrics(result):
 def test_run_on_four_devices_equals_one_device(name, tmp_path):
     """The same run sharded over 4 devices and unsharded on one: every metrics line equal to float
     tolerance (the cross-device mean adds in another order). Cohort 6 on 4 devices: padded."""
-    base = {"rounds": 4, "eval_every": 2, "cohort": 6, "data__num_clients": 10, **RUNS[name]}
+    base = {"rounds": 4, "eval_every": 2, "cohort": 6, "data__num_clients": 12, **RUNS[name]}
     one = fedjax_sim.run(out=tmp_path / "one", client_mapping="vmap", **base)
     four = fedjax_sim.run(out=tmp_path / "four", client_mapping="sharded", **base)
     assert four.config["resolved"]["devices"] == 4 and one.config["resolved"]["devices"] == 1
+    # 12 clients: each device holds 3 clients' data; fedhca2's 5 clients are copied to every device
+    placement = "replicated" if base["data__num_clients"] % 4 else "split"
+    assert four.config["resolved"]["data_placement"] == placement
     a, b = _metrics(one), _metrics(four)
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
@@ -113,11 +116,14 @@ def test_run_on_four_devices_equals_one_device(name, tmp_path):
 
 
 def test_vmapped_seeds_on_four_devices_equal_one_device(tmp_path):
-    """Seeds vmapped around the sharded mapping (the trial axis stays whole on every device)."""
-    base = dict(algorithm="fedavg", rounds=3, eval_every=3, cohort=5, data__num_clients=10, trials="vmap")
+    """Seeds vmapped around the sharded mapping (the trial axis stays whole on every device; the
+    stacked data [S, C, ...] is split on its client axis)."""
+    base = dict(algorithm="scaffold", rounds=3, eval_every=3, cohort=5, data__num_clients=8, trials="vmap")
     one = fedjax_sim.run(out=tmp_path / "one", seeds=3, client_mapping="vmap", **base)
     four = fedjax_sim.run(out=tmp_path / "four", seeds=3, **base)  # auto: sharded
-    assert four.config["resolved"]["client_mapping"] == "sharded"
+    resolved = four.config["resolved"]
+    assert (resolved["client_mapping"], resolved["data_placement"], resolved["trials"]["mode"]) == (
+        "sharded", "split", "vmap")
     for x, y in zip(_metrics(one), _metrics(four)):
         for key in x:
             np.testing.assert_allclose(y[key], x[key], rtol=2e-4, atol=2e-5, err_msg=key)

@@ -71,7 +71,7 @@ def test_two_processes_equal_a_single_process(tmp_path):
     writes the run directory, process 1 nothing that stays; every metrics line equals the same
     run in one process on one device to float tolerance."""
     args = ["--algorithm", "fedavg,scaffold", "--rounds", "4", "--set", "eval_every=2", "--cohort", "6",
-            "--clients", "10", "--no-progress"]
+            "--clients", "12", "--no-progress"]
     port = _free_port()
     procs = []
     try:
@@ -98,7 +98,9 @@ def test_two_processes_equal_a_single_process(tmp_path):
     assert sorted(multi) == sorted(one) == ["fedavg", "scaffold"]
     for name in multi:
         cfg = json.loads((tmp_path / "multi" / name / "config.json").read_text())["resolved"]
-        assert (cfg["client_mapping"], cfg["devices"], cfg["processes"]) == ("sharded", 4, 2)
+        # 12 clients' data split 3 per device, 6 per process; the cohort of 6 padded to 8
+        assert (cfg["client_mapping"], cfg["devices"], cfg["processes"], cfg["data_placement"]) == (
+            "sharded", 4, 2, "split")
         assert len(multi[name]) == len(one[name]) == 3
         for a, b in zip(one[name], multi[name]):
             for key, value in a.items():

@@ -52,3 +52,28 @@ def put_replicated(tree, mesh: Mesh):
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)
+
+
+def data_placement(num_clients: int, mesh: Mesh) -> str:
+    """How a population's data is laid over ``mesh``: ``split`` (each device holds C / D clients)
+    when the devices divide the population, else ``replicated`` (a `jax.Array` cannot be split
+    unevenly). Split costs no speed on 4 host devices (docs/performance.md, "Several devices") and
+    divides the data's memory per device by D."""
+    return "split" if mesh.size > 1 and num_clients % mesh.size == 0 else "replicated"
+
+
+def put_clients(tree, mesh: Mesh, num_clients: int, axis: int = 0):
+    """Every leaf of ``tree`` as a global array on ``mesh`` (each process fills its own devices,
+    from the same host values): leaves whose ``axis`` is the population (``num_clients`` long) are
+    split over the mesh when `data_placement` says so, the rest replicated. A cohort gather from
+    split data is a masked local gather plus one cross-device sum of the cohort's rows."""
+    split = NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
+    whole = replicated(mesh)
+    splitting = data_placement(num_clients, mesh) == "split"
+
+    def put(a):
+        host = np.asarray(a)
+        by_client = splitting and host.ndim > axis and host.shape[axis] == num_clients
+        return jax.make_array_from_callback(host.shape, split if by_client else whole, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
