@@ -333,6 +333,10 @@ def _join(a, cfg, algorithms: list[str]) -> None:
         c = config_lib.copy_config(cfg)
         c.algorithm = name
         config_lib.validate(c)
+    if cfg.checkpoint_every:
+        raise ConfigError("checkpoint_every", cfg.checkpoint_every, "0 with --distributed (resumable checkpoints "
+                                                                    "of a multi-process run are not supported yet; "
+                                                                    "checkpoint=true still writes the final state)")
     if cfg.client_mapping not in ("auto", "sharded"):
         raise ConfigError("client_mapping", cfg.client_mapping, "auto or sharded with --distributed (the cohort "
                                                                 "is split over every process's devices)")

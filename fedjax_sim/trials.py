@@ -767,7 +767,9 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
     points = list(range(len(group.configs)))
     results: list[list] = [[] for _ in points]
     timings: list[list] = [[] for _ in points]
-    single = len(points) == 1  # a run (not a sweep's grid): checkpointed, resumable
+    # a run (not a sweep's grid): checkpointed, resumable; not across processes, whose orbax
+    # checkpoint would need one directory that every process writes (process 0's is the only one)
+    single = len(points) == 1 and jax.process_count() == 1
     interrupted = [False] * len(points)
     multi = len(group.seeds) > 1
     if pg.mode == "vmap":

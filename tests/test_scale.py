@@ -71,7 +71,7 @@ def test_two_processes_equal_a_single_process(tmp_path):
     writes the run directory, process 1 nothing that stays; every metrics line equals the same
     run in one process on one device to float tolerance."""
     args = ["--algorithm", "fedavg,scaffold", "--rounds", "4", "--set", "eval_every=2", "--cohort", "6",
-            "--clients", "12", "--no-progress"]
+            "--clients", "12", "--no-progress", "--set", "checkpoint=true"]
     port = _free_port()
     procs = []
     try:
@@ -95,6 +95,12 @@ def test_two_processes_equal_a_single_process(tmp_path):
                             cwd=tmp_path, env=_env(1), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     multi, one = _metrics(tmp_path / "multi"), _metrics(tmp_path / "single")
+    for name in ("fedavg", "scaffold"):  # the final states (SCAFFOLD's per-client control variates too)
+        with np.load(tmp_path / "multi" / name / "checkpoint.npz") as m, \
+                np.load(tmp_path / "single" / name / "checkpoint.npz") as s:
+            assert sorted(m.files) == sorted(s.files)
+            for key in s.files:
+                np.testing.assert_allclose(m[key], s[key], rtol=2e-4, atol=2e-5, err_msg=f"{name} {key}")
     assert sorted(multi) == sorted(one) == ["fedavg", "scaffold"]
     for name in multi:
         cfg = json.loads((tmp_path / "multi" / name / "config.json").read_text())["resolved"]
@@ -132,6 +138,8 @@ def no_cluster_env(monkeypatch):
     (["--distributed", "--coordinator-address", "h:1", "--num-processes", "2", "--process-id", "0",
       "--set", "client_mapping=vmap"], "client_mapping", "vmap"),
     (["--distributed", "--resume", "runs/x"], "--resume", "runs/x"),
+    (["--distributed", "--coordinator-address", "h:1", "--num-processes", "2", "--process-id", "0",
+      "--checkpoint-every", "5"], "checkpoint_every", "5"),
     (["--set", "client_mapping=sharded", "--set", "mesh_devices=2"], "mesh_devices", "2"),
     (["--set", "client_mapping=vmap", "--set", "mesh_devices=1"], "mesh_devices", "1"),
     (["--set", "mesh_devices=-1"], "mesh_devices", "-1"),
