@@ -245,14 +245,15 @@ class _Program(NamedTuple):
     privacy: Any = None
 
 
-def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None) -> _Program:
+def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sharding=None) -> _Program:
     """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
     inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``.
 
-    With a client ``mesh`` (the sharded client mapping) every output is replicated over it: the
-    cohort is split over the devices only inside a round, and the host (every process of a
-    multi-process run) reads states and metrics whole. Left to propagation, XLA may split a small
-    output unevenly, which JAX cannot represent."""
+    With a client ``mesh`` (the sharded client mapping) the state is laid out as
+    ``state_sharding`` says (per-client leaves split over the devices like the data, the rest
+    replicated; default: all replicated) and every other output is replicated, so the host (every
+    process of a multi-process run) reads metrics whole. Left to propagation, XLA may split a
+    small output unevenly, which JAX cannot represent."""
     from fedjax_sim import runner
 
     hp = {f: jnp.asarray([config_lib.get_field(c, f) for c in configs], jnp.float32) for f in swept}
@@ -295,10 +296,12 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None) -> _Prog
 
     attack = prep.task.target_kind != "multi"
     whole = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
+    state_out = whole if state_sharding is None else {"out_shardings": state_sharding}
+    block_out = whole if state_sharding is None else {"out_shardings": (state_sharding, parallel.replicated(mesh))}
     return _Program(
-        jax.jit(_wrap(init, ("hp", "seed", "seed"), axes), **whole),
+        jax.jit(_wrap(init, ("hp", "seed", "seed"), axes), **state_out),
         jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1,
-                compiler_options=compiler_options(), **whole),
+                compiler_options=compiler_options(), **block_out),
         jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes), **whole),
         None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes), **whole),
         hp, jax.jit(_wrap(privacy, ("hp", "trial", "seed", "seed"), axes), **whole) if attack else None)
@@ -390,12 +393,19 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         budget = cfg.clock.time_budget if clocked else 0.0
         virtual_time = np.zeros((S, G))
         program = _program(prep, swept, configs, axes, mesh)
+        state_sharding = None
+        if mesh is not None:  # per-client state [.., C, ...] split over the devices like the data
+            shapes = jax.eval_shape(program.init, put(program.hp), put(k_init), data)
+            state_sharding = parallel.population_shardings(shapes, mesh, prep.data.num_clients,
+                                                           axis=int(axes.seeds) + int(axes.grid))
+            program = _program(prep, swept, configs, axes, mesh, state_sharding)
         program = program._replace(hp=put(program.hp))
         state = program.init(program.hp, put(k_init), data)
         train_s, samples, block_compiles, first_block = 0.0, 0.0, 0, 0
         if saved is not None:  # continue from the checkpoint: same keys, restored state
             state, saved = checkpoints.load(resume_dir, jax.eval_shape(lambda: state))
-            state = put(state)
+            if state_sharding is not None:
+                state = parallel.place(state, state_sharding)
             virtual_time = np.asarray(saved["virtual_time"], np.float64)
             train_s, samples, block_compiles = saved["train_seconds"], saved["samples"], saved["block_compiles"]
             first_block = saved["block"] + 1
@@ -543,7 +553,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                 trials[i][j].report.update({f"fedgc_{k}": v for k, v in stats.items()
                                             if isinstance(v, (int, float))})
         if cfg.checkpoint and not interrupted:
-            st = _lead(state, axes)
+            st = _lead(parallel.to_host(state), axes)
             for i, s in enumerate(seeds):
                 for j in range(G):
                     name = f"checkpoint_seed{s}.npz" if multi_seed else "checkpoint.npz"

@@ -1,7 +1,7 @@
 """Scale on this machine: the same bench workloads on 1, 2 and 4 (forced host) devices, and the
 bench MLP over populations up to 100,000 clients with its peak memory.
 
-    python scripts/scale_bench.py [--reps 3] [--out docs/bench] [--parts devices,population,collectives]
+    python scripts/scale_bench.py [--reps 3] [--out docs/bench] [--parts devices,cohort,population,collectives]
                                   [--merge docs/bench/scale-cpu-<stamp>.jsonl ...]
 
 Every measurement is `fedjax-sim bench --json` in a fresh process (a device count is fixed when
@@ -10,7 +10,8 @@ repetitions interleaved. ``devices``: each workload on one device with the defau
 sharded over D devices; the ratio is samples/s against the one-device default of the same
 repetition. ``population``: C clients x 16 examples each (784 features, float32), a 1,000-client
 cohort, FedAvg (stateless): peak resident memory, the data's bytes and samples/s.
-``collectives``: the time of the cross-device mean of 0.8 / 4.8 / 20 MB over 4 host devices (the
+``cohort``: the factored MLP's client mappings at cohorts 100 to 10,000 (one device, and sharded
+over 2). ``collectives``: the time of the cross-device mean of 0.8 / 4.8 / 20 MB over 4 host devices (the
 sizes one round of the sharded MLP / CNN / a 100-client cohort's rows all-reduces). Writes
 <out>/scale-cpu.md (medians over the repetitions) and <out>/scale-cpu-<stamp>.jsonl; ``--merge``
 adds the records of earlier runs' .jsonl files to the table (parts measured separately).
@@ -37,6 +38,13 @@ DEVICE_WORKLOADS = {
                          "--rounds", "1"],
 }
 DEVICES = (1, 2, 4)
+# the factored MLP's client mapping x cohort (C = 10,000 clients x 16 examples; one device, plus
+# the default sharded over 2 host devices): the data behind core/mapping.py's FACTORED_CHUNK
+COHORTS = ((100, 5), (1000, 2), (10000, 1))  # (cohort, rounds per timed call)
+COHORT_MAPPINGS = {"vmap": (["--client-mapping", "vmap"], 1), "chunked 10 (default)": ([], 1),
+                   "chunked 100": (["--client-mapping", "chunked", "--chunk-size", "100"], 1),
+                   "sharded over 2 (default)": ([], 2),
+                   "sharded over 2, vmap on each": (["--client-mapping", "sharded", "--chunk-size", "100000"], 2)}
 POPULATIONS = (1_000, 10_000, 100_000)
 
 
@@ -78,7 +86,7 @@ def collectives() -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--parts", default="devices,population,collectives")
+    ap.add_argument("--parts", default="devices,cohort,population,collectives")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--merge", nargs="*", default=[], help="earlier runs' .jsonl records to add to the table")
     a = ap.parse_args()
@@ -110,6 +118,15 @@ def main():
                                 "samples_per_s": r["samples_per_second"], "peak_rss": r["memory"]["peak_rss_bytes"],
                                 "mapping": f"{r['engine']['client_mapping']}/{r['engine']['chunk_size']}",
                                 "placement": r["engine"]["data_placement"], "result": r})
+            if "cohort" in parts:
+                for k, rounds in COHORTS:
+                    for name, (flags, d) in COHORT_MAPPINGS.items():
+                        r = bench(["--model", "mlp", "--clients", "10000", "--cohort", str(k), "--examples-per-client",
+                                   "16", "--rounds", str(rounds), *flags], d)
+                        record({"part": "cohort", "cohort": k, "mapping_name": name, "devices": d, "rep": rep,
+                                "samples_per_s": r["samples_per_second"], "peak_rss": r["memory"]["peak_rss_bytes"],
+                                "mapping": f"{r['engine']['client_mapping']}/{r['engine']['chunk_size']}",
+                                "result": r})
             if "population" in parts:
                 for c in POPULATIONS:
                     r = bench(["--model", "mlp", "--clients", str(c), "--cohort", "1000", "--examples-per-client",
@@ -144,6 +161,21 @@ def write_table(runs: list[dict], path: str, stamp: str) -> None:
                 ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
                 lines.append(f"| {name} | {d} | {rows[0]['mapping']} | {rows[0]['placement']} | "
                              f"{_median(rows, 'samples_per_s'):,.0f} | {ratio:.2f} | {gib(_median(rows, 'peak_rss'))} |")
+        lines.append("")
+    coh = [r for r in runs if r["part"] == "cohort"]
+    if coh:
+        lines += ["Cohort: the factored MLP (plain SGD), C = 10,000 clients x 16 examples, by client mapping; "
+                  "ratio against plain vmap on one device in the same repetition.", "",
+                  "| cohort | mapping | devices | ran as | samples/s | ratio to vmap | peak RSS GiB |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, _ in COHORTS:
+            base = {r["rep"]: r["samples_per_s"] for r in coh if r["cohort"] == k and r["mapping_name"] == "vmap"}
+            for name in COHORT_MAPPINGS:
+                rows = [r for r in coh if r["cohort"] == k and r["mapping_name"] == name]
+                if rows:
+                    ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
+                    lines.append(f"| {k:,} | {name} | {rows[0]['devices']} | {rows[0]['mapping']} | "
+                                 f"{_median(rows, 'samples_per_s'):,.0f} | {ratio:.2f} | {gib(_median(rows, 'peak_rss'))} |")
         lines.append("")
     coll = [r for r in runs if r["part"] == "collectives"]
     if coll:

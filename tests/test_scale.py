@@ -175,3 +175,31 @@ def test_bench_bad_mapping_input_exits_2(capsys):
 def test_api_refuses_a_mesh_larger_than_the_devices(tmp_path):
     with pytest.raises(ConfigError, match="mesh_devices"):
         fedjax_sim.run(out=tmp_path / "r", rounds=2, client_mapping="sharded", mesh_devices=8)
+
+
+def test_factored_program_prefers_blocks_of_100_on_cpu_and_one_block_elsewhere():
+    """The measured preference of the factored client program (docs/bench/scale-cpu.md, "Cohort"),
+    and a chunk_size set in the config winning over it."""
+    from fedjax_sim.core.mapping import ClientMapping, factored_mapping
+
+    assert factored_mapping("cpu") == ("chunked", 10) and factored_mapping("gpu") == ("vmap", 0)
+    m = ClientMapping("auto").resolved(prefer=("chunked", 100))
+    assert (m.strategy, m.chunk_size) == ("chunked", 100)
+    m = ClientMapping("auto", chunk_size=7).resolved(prefer=("chunked", 100))
+    assert (m.strategy, m.chunk_size) == ("chunked", 7)
+    mesh = parallel.client_mesh()
+    assert ClientMapping("sharded", mesh=mesh).resolved(prefer=("chunked", 100)).chunk_size == 100
+    # resolving is idempotent: a sharded mapping resolved to vmap on each device stays so when
+    # `ClientMapping.map` resolves it again (chunk_size 0 then means vmap, not the default)
+    once = ClientMapping("sharded", mesh=mesh).resolved(prefer="vmap")
+    assert (once.chunk_size, once.inner) == (0, "vmap") and once.resolved() == once
+
+
+@pytest.mark.parametrize("k", [3, 10, 11])
+def test_chunked_mapping_of_a_cohort_within_one_block_equals_vmap(k):
+    """A cohort no larger than the chunk runs as one vmapped block; larger ones in chunks."""
+    fn = lambda w, x: jnp.tanh(x @ w).sum(-1)  # noqa: E731
+    w = jnp.ones((4, 2))
+    x = jnp.arange(k * 3 * 4, dtype=jnp.float32).reshape(k, 3, 4) / (k * 12)
+    chex.assert_trees_all_close(jax.jit(map_clients(fn, (None, 0), "chunked", 10))(w, x),
+                                jax.vmap(fn, in_axes=(None, 0))(w, x), rtol=1e-6)

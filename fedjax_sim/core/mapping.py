@@ -37,16 +37,24 @@ class ClientMapping(NamedTuple):
     chunk_size: int = 0
     kind: str = "dense"
     mesh: Any = None  # sharded: the `jax.sharding.Mesh` (one axis, `parallel.AXIS`)
+    inner: str = ""  # sharded, once resolved: each device's own strategy ("" = not resolved yet)
 
-    def resolved(self, prefer: str | None = None) -> "ClientMapping":
-        """``auto`` -> ``prefer`` when given, else the measured default for the backend and kind.
-        ``sharded`` stays sharded; ``prefer`` / the default then picks each device's own mapping,
-        recorded as ``chunk_size`` (0 = vmap)."""
+    def resolved(self, prefer: str | tuple[str, int] | None = None) -> "ClientMapping":
+        """``auto`` -> ``prefer`` (a strategy, or (strategy, chunk)) when given, else the measured
+        default for the backend and kind; a chunk_size set in the config wins over the preferred
+        one. ``sharded`` stays sharded; ``prefer`` / the default then picks each device's own
+        mapping, recorded as ``chunk_size`` (0 = vmap)."""
+        if isinstance(prefer, str):
+            prefer = (prefer, 0)
+        strategy, chunk = prefer if prefer is not None else ("auto", 0)
+        chunk = self.chunk_size or chunk
         if self.strategy == "sharded":
-            inner, chunk = resolve(prefer or "auto", self.chunk_size, kind=self.kind)
-            return self._replace(chunk_size=0 if inner == "vmap" else chunk)
+            if self.inner:  # resolved already: chunk_size 0 now means vmap, not "the default"
+                return self
+            inner, chunk = resolve(strategy, chunk, kind=self.kind)
+            return self._replace(chunk_size=0 if inner == "vmap" else chunk, inner=inner)
         if self.strategy == "auto" and prefer is not None:
-            return self._replace(strategy=prefer, chunk_size=resolve(prefer, self.chunk_size)[1])
+            return self._replace(strategy=strategy, chunk_size=resolve(strategy, chunk)[1])
         return self._replace(**dict(zip(("strategy", "chunk_size"),
                                          resolve(self.strategy, self.chunk_size, kind=self.kind))))
 
@@ -63,6 +71,17 @@ DEFAULT_CHUNK = {"cpu": 10, "gpu": 0, "tpu": 0}
 # 10 MB per step for the peers' CNN) in cache; vmapping 10 clients ran 1.4x slower
 # (docs/bench/mapping-cpu.md).
 KIND_STRATEGY = {("cpu", "conv"): "sequential"}
+# The factored client program shares its GEMMs across the clients of one vmapped block: one block
+# on accelerators; on CPU blocks of 10 like the materialized program, whose factors stay in cache
+# (a cohort of 1,000 as one block ran 1.6x slower, blocks of 100 1.15x slower; at 100 clients
+# they tie: docs/bench/scale-cpu.md, "Cohort").
+FACTORED_CHUNK = {"cpu": 10}
+
+
+def factored_mapping(backend: str | None = None) -> tuple[str, int]:
+    """The measured (strategy, chunk) preference of the factored client program on ``backend``."""
+    chunk = FACTORED_CHUNK.get(backend or jax.default_backend(), 0)
+    return ("chunked", chunk) if chunk else ("vmap", 0)
 
 
 def client_mapping(strategy: str, chunk_size: int = 0, kind: str = "dense",
@@ -132,6 +151,8 @@ def map_clients(fn: Callable, in_axes: Sequence[int | None], strategy: str = "vm
 
     def mapped(*args):
         per_client = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+        if batch > 1 and jax.tree.leaves(per_client)[0].shape[0] <= batch:
+            return jax.vmap(fn, in_axes=in_axes)(*args)  # one block: lax.map would only add a loop
 
         def one(client_args):
             it = iter(client_args)

@@ -62,18 +62,46 @@ def data_placement(num_clients: int, mesh: Mesh) -> str:
     return "split" if mesh.size > 1 and num_clients % mesh.size == 0 else "replicated"
 
 
-def put_clients(tree, mesh: Mesh, num_clients: int, axis: int = 0):
-    """Every leaf of ``tree`` as a global array on ``mesh`` (each process fills its own devices,
-    from the same host values): leaves whose ``axis`` is the population (``num_clients`` long) are
-    split over the mesh when `data_placement` says so, the rest replicated. A cohort gather from
-    split data is a masked local gather plus one cross-device sum of the cohort's rows."""
+def population_shardings(tree, mesh: Mesh, num_clients: int, axis: int = 0):
+    """Per leaf of ``tree`` (arrays or shapes): split over the mesh on ``axis`` where that axis is
+    the population (``num_clients`` long) and `data_placement` splits it, else replicated."""
     split = NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
     whole = replicated(mesh)
     splitting = data_placement(num_clients, mesh) == "split"
 
-    def put(a):
-        host = np.asarray(a)
-        by_client = splitting and host.ndim > axis and host.shape[axis] == num_clients
-        return jax.make_array_from_callback(host.shape, split if by_client else whole, lambda index: host[index])
+    def sharding(a):
+        shape = np.shape(a)
+        return split if splitting and len(shape) > axis and shape[axis] == num_clients else whole
 
-    return jax.tree.map(put, tree)
+    return jax.tree.map(sharding, tree)
+
+
+def place(tree, shardings):
+    """Every leaf of ``tree`` (host or device arrays, the same values in every process) as a
+    global array with its sharding; each process fills only its own devices."""
+    def put(a, sharding):
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def put_clients(tree, mesh: Mesh, num_clients: int, axis: int = 0):
+    """Every leaf of ``tree`` as a global array on ``mesh``: leaves whose ``axis`` is the
+    population are split over the mesh when `data_placement` says so, the rest replicated
+    (`population_shardings`). A cohort gather from split data is a masked local gather plus one
+    cross-device sum of the cohort's rows."""
+    return place(tree, population_shardings(tree, mesh, num_clients, axis))
+
+
+def to_host(tree):
+    """Every leaf as a numpy array, also where it is split over other processes' devices (then
+    gathered from every process, which must all call this)."""
+    from jax.experimental import multihost_utils
+
+    def get(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(get, tree)
