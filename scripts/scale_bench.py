@@ -38,9 +38,10 @@ DEVICE_WORKLOADS = {
                          "--rounds", "1"],
 }
 DEVICES = (1, 2, 4)
-# the factored MLP's client mapping x cohort (C = 10,000 clients x 16 examples; one device, plus
-# the default sharded over 2 host devices): the data behind core/mapping.py's FACTORED_CHUNK
-COHORTS = ((100, 5), (1000, 2), (10000, 1))  # (cohort, rounds per timed call)
+# the factored MLP's client mapping x cohort on C = 10,000 clients (one device, plus sharded over 2
+# host devices): the data behind core/mapping.py's FACTORED_CHUNK. (cohort, examples per client,
+# rounds per timed call): the bench's 64 examples (4 local steps), and 16 (1 step) at 10,000
+COHORTS = ((100, 64, 5), (1000, 64, 2), (1000, 16, 2), (10000, 16, 1))
 COHORT_MAPPINGS = {"vmap": (["--client-mapping", "vmap"], 1), "chunked 10 (default)": ([], 1),
                    "chunked 100": (["--client-mapping", "chunked", "--chunk-size", "100"], 1),
                    "sharded over 2 (default)": ([], 2),
@@ -119,11 +120,12 @@ def main():
                                 "mapping": f"{r['engine']['client_mapping']}/{r['engine']['chunk_size']}",
                                 "placement": r["engine"]["data_placement"], "result": r})
             if "cohort" in parts:
-                for k, rounds in COHORTS:
+                for k, examples, rounds in COHORTS:
                     for name, (flags, d) in COHORT_MAPPINGS.items():
                         r = bench(["--model", "mlp", "--clients", "10000", "--cohort", str(k), "--examples-per-client",
-                                   "16", "--rounds", str(rounds), *flags], d)
-                        record({"part": "cohort", "cohort": k, "mapping_name": name, "devices": d, "rep": rep,
+                                   str(examples), "--rounds", str(rounds), *flags], d)
+                        record({"part": "cohort", "cohort": k, "examples": examples, "mapping_name": name,
+                                "devices": d, "rep": rep,
                                 "samples_per_s": r["samples_per_second"], "peak_rss": r["memory"]["peak_rss_bytes"],
                                 "mapping": f"{r['engine']['client_mapping']}/{r['engine']['chunk_size']}",
                                 "result": r})
@@ -164,17 +166,18 @@ def write_table(runs: list[dict], path: str, stamp: str) -> None:
         lines.append("")
     coh = [r for r in runs if r["part"] == "cohort"]
     if coh:
-        lines += ["Cohort: the factored MLP (plain SGD), C = 10,000 clients x 16 examples, by client mapping; "
-                  "ratio against plain vmap on one device in the same repetition.", "",
-                  "| cohort | mapping | devices | ran as | samples/s | ratio to vmap | peak RSS GiB |",
-                  "|---|---|---|---|---|---|---|"]
-        for k, _ in COHORTS:
-            base = {r["rep"]: r["samples_per_s"] for r in coh if r["cohort"] == k and r["mapping_name"] == "vmap"}
+        lines += ["Cohort: the factored MLP (plain SGD, batch 16), C = 10,000 clients, by client mapping; ratio "
+                  "against plain vmap on one device in the same repetition.", "",
+                  "| cohort | examples (local steps) | mapping | devices | ran as | samples/s | ratio to vmap | "
+                  "peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
+        for k, examples, _ in COHORTS:
+            same = [r for r in coh if r["cohort"] == k and r["examples"] == examples]
+            base = {r["rep"]: r["samples_per_s"] for r in same if r["mapping_name"] == "vmap"}
             for name in COHORT_MAPPINGS:
-                rows = [r for r in coh if r["cohort"] == k and r["mapping_name"] == name]
+                rows = [r for r in same if r["mapping_name"] == name]
                 if rows:
                     ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
-                    lines.append(f"| {k:,} | {name} | {rows[0]['devices']} | {rows[0]['mapping']} | "
+                    lines.append(f"| {k:,} | {examples} ({examples // 16}) | {name} | {rows[0]['devices']} | {rows[0]['mapping']} | "
                                  f"{_median(rows, 'samples_per_s'):,.0f} | {ratio:.2f} | {gib(_median(rows, 'peak_rss'))} |")
         lines.append("")
     coll = [r for r in runs if r["part"] == "collectives"]

@@ -10,7 +10,8 @@ Strategies:
               backend's measured default (``chunk_size``: 0 = vmap, 1 = one at a time, k = chunks
               of k). A cohort the devices do not divide is padded with copies of its first client,
               whose outputs are dropped. Aggregating the mapped outputs (a mean over clients)
-              becomes a cross-device reduction chosen by XLA.
+              becomes a cross-device reduction chosen by XLA. Where the programs' data and
+              per-client state live is decided by the runner (`parallel.put_clients`).
 The default per backend and client-program kind (``dense``: an MLP's materialized steps;
 ``conv``: a convolutional model's) is measured (docs/performance.md, scripts/mapping_sweep.py),
 not guessed.
@@ -30,7 +31,8 @@ STRATEGIES = ("vmap", "chunked", "sequential", "sharded")
 class ClientMapping(NamedTuple):
     """How per-client functions are mapped: ``strategy`` (``auto`` or one of `STRATEGIES`) and
     ``chunk_size`` (0 = default). ``auto`` is resolved by the code that maps (`resolve`), because
-    the best mapping depends on what is mapped (the factored client program prefers plain vmap);
+    the best mapping depends on what is mapped (the factored client program has its own measured
+    preference, `factored_mapping`);
     ``kind`` (`KINDS`) says what the clients train, which picks the measured default."""
 
     strategy: str = "auto"
