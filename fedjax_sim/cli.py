@@ -242,7 +242,7 @@ class _DataCache:
 
 def cmd_run(a) -> int:
     from fedjax_sim import config as config_lib
-    from fedjax_sim import runner, trials
+    from fedjax_sim import parallel, runner, trials
 
     given = [f for f in ("coordinator_address", "num_processes", "process_id") if getattr(a, f) is not None]
     if given and not a.distributed:
@@ -268,7 +268,7 @@ def cmd_run(a) -> int:
     named = config_lib.copy_config(cfg)
     named.algorithm = "-".join(algorithms)
     base_out = a.out or cfg.out or runner._default_out(named)
-    worker = a.distributed and not _is_main_process()
+    worker = a.distributed and not parallel.is_main_process()
     if worker:
         # every process runs the same programs in the same order (each holds a copy of every
         # replicated output); only process 0 keeps what they write
@@ -341,12 +341,6 @@ def _join(a, cfg, algorithms: list[str]) -> None:
         raise ConfigError("client_mapping", cfg.client_mapping, "auto or sharded with --distributed (the cohort "
                                                                 "is split over every process's devices)")
     parallel.initialize(parallel.DistributedConfig(a.coordinator_address, a.num_processes, a.process_id))
-
-
-def _is_main_process() -> bool:
-    from fedjax_sim import parallel
-
-    return parallel.is_main_process()
 
 
 @contextlib.contextmanager

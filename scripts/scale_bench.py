@@ -143,6 +143,14 @@ def _median(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def _speed_cells(rows, base) -> str:
+    """"samples/s | ratio | peak RSS GiB" of ``rows``: medians, the ratio taken per repetition
+    against the ``base`` run of the same repetition."""
+    base_speed = {r["rep"]: r["samples_per_s"] for r in base}
+    ratio = statistics.median(r["samples_per_s"] / base_speed[r["rep"]] for r in rows if r["rep"] in base_speed)
+    return f"{_median(rows, 'samples_per_s'):,.0f} | {ratio:.2f} | {_median(rows, 'peak_rss') / 2**30:.2f}"
+
+
 def write_table(runs: list[dict], path: str, stamp: str) -> None:
     gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
     lines = [f"# Scale on CPU (scripts/scale_bench.py, runs {stamp}; medians over repetitions)", ""]
@@ -159,10 +167,8 @@ def write_table(runs: list[dict], path: str, stamp: str) -> None:
                 rows = [r for r in dev if r["workload"] == name and r["devices"] == d]
                 if not rows:
                     continue
-                base = {r["rep"]: r["samples_per_s"] for r in dev if r["workload"] == name and r["devices"] == 1}
-                ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
-                lines.append(f"| {name} | {d} | {rows[0]['mapping']} | {rows[0]['placement']} | "
-                             f"{_median(rows, 'samples_per_s'):,.0f} | {ratio:.2f} | {gib(_median(rows, 'peak_rss'))} |")
+                base = [r for r in dev if r["workload"] == name and r["devices"] == 1]
+                lines.append(f"| {name} | {d} | {rows[0]['mapping']} | {rows[0]['placement']} | {_speed_cells(rows, base)} |")
         lines.append("")
     coh = [r for r in runs if r["part"] == "cohort"]
     if coh:
@@ -172,13 +178,12 @@ def write_table(runs: list[dict], path: str, stamp: str) -> None:
                   "peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
         for k, examples, _ in COHORTS:
             same = [r for r in coh if r["cohort"] == k and r["examples"] == examples]
-            base = {r["rep"]: r["samples_per_s"] for r in same if r["mapping_name"] == "vmap"}
+            base = [r for r in same if r["mapping_name"] == "vmap"]
             for name in COHORT_MAPPINGS:
                 rows = [r for r in same if r["mapping_name"] == name]
                 if rows:
-                    ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
-                    lines.append(f"| {k:,} | {examples} ({examples // 16}) | {name} | {rows[0]['devices']} | {rows[0]['mapping']} | "
-                                 f"{_median(rows, 'samples_per_s'):,.0f} | {ratio:.2f} | {gib(_median(rows, 'peak_rss'))} |")
+                    lines.append(f"| {k:,} | {examples} ({examples // 16}) | {name} | {rows[0]['devices']} | "
+                                 f"{rows[0]['mapping']} | {_speed_cells(rows, base)} |")
         lines.append("")
     coll = [r for r in runs if r["part"] == "collectives"]
     if coll:

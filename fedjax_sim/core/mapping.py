@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_sim import parallel
+from fedjax_sim.errors import ConfigError
 
 STRATEGIES = ("vmap", "chunked", "sequential", "sharded")
 
@@ -92,8 +93,6 @@ def client_mapping(strategy: str, chunk_size: int = 0, kind: str = "dense",
     when JAX sees several (a multi-process run, several GPUs, or forced host devices: measured in
     docs/performance.md); a multi-process run must shard (each process holds only its own devices).
     ConfigError naming the field for a mesh that cannot be built."""
-    from fedjax_sim.errors import ConfigError
-
     if strategy == "auto" and jax.device_count() > 1:
         strategy = "sharded"
     if jax.process_count() > 1 and strategy != "sharded":

@@ -45,13 +45,8 @@ def put_replicated(tree, mesh: Mesh):
     """Every leaf of ``tree`` (host or device arrays, the same values in every process) as a
     global array replicated over ``mesh``; each process fills only its own devices, so this works
     unchanged in a multi-process run. Leaves are read to host once."""
-    sharding = replicated(mesh)
-
-    def put(a):
-        host = np.asarray(a)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, tree)
+    whole = replicated(mesh)
+    return place(tree, jax.tree.map(lambda _: whole, tree))
 
 
 def data_placement(num_clients: int, mesh: Mesh) -> str:
