@@ -20,6 +20,7 @@ import numpy as np
 
 from fedjax_sim import config as config_lib
 from fedjax_sim import parallel
+from fedjax_sim.core.clients import in_host_memory, on_device, to_host_memory
 from fedjax_sim.core.driver import compiler_options, make_block, round_inputs
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.mapping import STRATEGIES
@@ -36,7 +37,10 @@ BENCH_MODELS = {"mlp": ("mlp", "vector"), "cnn": ("emnist_cnn", "image"), "emnis
                 "fedavg_cnn": ("cnn", "image")}
 PEERS_IMAGE = (28, 28, 1)
 BENCH_FLAGS = {"client_mapping": "--client-mapping", "chunk_size": "--chunk-size", "mesh_devices": "--mesh-devices",
-               "local.formulation": "--formulation", "cohort": "--cohort"}
+               "local.formulation": "--formulation", "cohort": "--cohort", "algorithm": "--algorithm",
+               "state_memory": "--state-memory", "local.optimizer_args": "--momentum"}
+# FedAvg, and the stateful algorithms whose per-client store state_memory places
+BENCH_ALGORITHMS = ("fedavg", "scaffold", "local")
 
 
 def synthetic_workload(clients: int, examples: int, features: int | tuple, classes: int, seed: int = 0):
@@ -78,10 +82,16 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
           repeats: int = 5, client_mapping: str = "auto", chunk_size: int = 0, mesh_devices: int = 0,
           formulation: str = "auto", seed: int = 0, optimizer: str = "sgd",
           momentum: float = 0.9, image_shape: tuple | None = None, conv: str = "auto",
-          centralized: bool = True) -> dict:
-    """Times ``rounds`` FedAvg rounds compiled as one block (median of ``repeats`` calls after a
-    warm-up call) and, unless ``centralized`` is False, centralized training on the same samples.
+          centralized: bool = True, algorithm: str = "fedavg", state_memory: str = "device") -> dict:
+    """Times ``rounds`` rounds of ``algorithm`` (FedAvg by default) compiled as one block (median
+    of ``repeats`` calls after a warm-up call) and, unless ``centralized`` is False, centralized
+    training on the same samples. ``state_memory``: where a stateful algorithm's per-client
+    store lives (device | host: pinned host memory, the cohort's rows moved each round).
     ConfigError (naming the flag) for a bad workload, before anything compiles."""
+    if algorithm not in BENCH_ALGORITHMS:
+        raise ConfigError("--algorithm", algorithm, "one of " + ", ".join(BENCH_ALGORITHMS))
+    if state_memory not in ("device", "host"):
+        raise ConfigError("--state-memory", state_memory, "device or host")
     if model not in BENCH_MODELS:
         raise ConfigError("--model", model, "one of " + ", ".join(BENCH_MODELS))
     model_name, kind = BENCH_MODELS[model]
@@ -119,8 +129,9 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     for name, value in (("--chunk-size", chunk_size), ("--mesh-devices", mesh_devices)):
         if value < 0:
             raise ConfigError(name, value, "an integer >= 0 (0 = default)")
-    cfg = config_lib.Config(algorithm="fedavg", rounds=rounds, cohort=cohort, seed=seed,
-                            client_mapping=client_mapping, chunk_size=chunk_size, mesh_devices=mesh_devices)
+    cfg = config_lib.Config(algorithm=algorithm, rounds=rounds, cohort=cohort, seed=seed,
+                            client_mapping=client_mapping, chunk_size=chunk_size, mesh_devices=mesh_devices,
+                            state_memory=state_memory)
     cfg.model.name, cfg.model.hidden, cfg.model.conv = model_name, tuple(hidden), conv
     cfg.local.optimizer, cfg.local.lr, cfg.local.batch_size = optimizer, lr, batch_size
     cfg.local.momentum = momentum
@@ -139,7 +150,8 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     data = jax.device_put(data) if mesh is None else parallel.put_clients(data, mesh, clients)
     alg = prep.algorithm
     key = jax.random.PRNGKey(seed)
-    state = jax.jit(alg.init, **whole)(put(key), data)
+    host_store = alg.client_store if state_memory == "host" else ()
+    state = jax.jit(lambda k, d: to_host_memory(alg.init(k, d), host_store), **whole)(put(key), data)
     inputs = put(round_inputs(jax.random.split(key, rounds), 0, rounds, rounds))
     block_fn = make_block(alg.round, state, data, jax.tree.map(lambda a: a[0], inputs))
 
@@ -158,7 +170,8 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     samples = rounds * cohort * examples_per_client * local_epochs
 
     state = holder["state"]  # the first state was donated to the first call
-    params = alg.global_params(state)
+    params = alg.global_params(state) if alg.global_params is not None else jax.tree.map(
+        lambda a: a[0], alg.client_params(on_device(state), data, key))
     fl_s = statistics.median(fl_times)
     fl_sps = samples / fl_s
     c_sps = c_times = central_compile = None
@@ -183,8 +196,13 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
                      "rounds": rounds, "repeats": repeats},
         # the process's peak resident memory (host RAM; on CPU this includes the device's arrays)
         "memory": {"peak_rss_bytes": _peak_rss(), "data_bytes": data_bytes,
-                   "state_bytes": int(sum(a.nbytes for a in jax.tree.leaves(state)))},
-        "engine": {"client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
+                   "state_bytes": int(sum(a.nbytes for a in jax.tree.leaves(state))),
+                   "client_state_bytes": int(sum(a.nbytes for f in alg.client_store
+                                                 for a in jax.tree.leaves(getattr(state, f)))),
+                   # measured: where the store's arrays are after the timed calls
+                   "state_memory": "host" if any(in_host_memory(a) for f in alg.client_store
+                                                 for a in jax.tree.leaves(getattr(state, f))) else "device"},
+        "engine": {"algorithm": algorithm, "client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
                    "devices": 1 if mesh is None else mesh.size,
                    "data_placement": "device" if mesh is None else parallel.data_placement(clients, mesh),
                    "formulation": alg.info.get("formulation"), "local_steps": prep.schedule.num_steps,

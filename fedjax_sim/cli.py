@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--fields", action="store_true", help="every config field with its type, default and "
                                                            "description (allowed values where named)")
     ls.add_argument("--markdown", action="store_true", help="with --fields: as the markdown of docs/config.md")
-    b = sub.add_parser("bench", help="FedAvg throughput vs centralized training, one JSON line")
+    b = sub.add_parser("bench", help="FedAvg (or --algorithm) throughput vs centralized training, one JSON line")
+    b.add_argument("--algorithm", default="fedavg", help="fedavg | scaffold | local (stateful: per-client state)")
+    b.add_argument("--state-memory", default="device",
+                   help="device | host: where a stateful algorithm's per-client state lives (state_memory)")
     b.add_argument("--model", default="mlp",
                    help="mlp | cnn (the peers' CNN: emnist_cnn without dropout) | emnist_cnn | simple_cnn | "
                         "cifar_cnn | fedavg_cnn (the built-in cnn)")
@@ -560,7 +563,8 @@ def cmd_bench(a) -> int:
                          batch_size=a.batch_size, local_epochs=a.local_epochs, lr=a.lr,
                          rounds=a.rounds, repeats=a.repeats, client_mapping=a.client_mapping,
                          chunk_size=a.chunk_size, mesh_devices=a.mesh_devices, formulation=a.formulation,
-                         optimizer=a.optimizer, momentum=a.momentum, centralized=not a.no_centralized)
+                         optimizer=a.optimizer, momentum=a.momentum, centralized=not a.no_centralized,
+                         algorithm=a.algorithm, state_memory=a.state_memory)
     if not a.json:
         print(bench.format_human(result))
     print(bench.to_json(result))

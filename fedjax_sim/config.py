@@ -290,6 +290,11 @@ class Config:
     # chunked: clients per vmapped block; sharded: per device (0 = vmap); 0 = measured default
     chunk_size: int = 0
     mesh_devices: int = 0  # sharded: the first this many of JAX's devices form the client mesh; 0 = all
+    # where per-client state [C, ...] (SCAFFOLD's control variates, personalized models) lives:
+    # device | host (pinned host memory; each round moves only the cohort's rows) | auto (host
+    # when data and state exceed the accelerator's free memory and the store fits the host's; on
+    # CPU, where both are the same RAM, device)
+    state_memory: str = "auto"
     out: str = ""  # the run directory; "" = runs/<time>-<algorithm>-<dataset>
     checkpoint: bool = False  # write the final state as checkpoint.npz (checkpoint_seed<s>.npz per seed)
     # > 0: checkpoint the round loop every this many rounds (at the end of the evaluation block
@@ -646,6 +651,7 @@ def validate(cfg: Config) -> None:
     mappings = ("auto", "vmap", "chunked", "sequential", "sharded")
     check(cfg.client_mapping in mappings, "client_mapping", cfg.client_mapping, "one of " + ", ".join(mappings))
     check(cfg.mesh_devices >= 0, "mesh_devices", cfg.mesh_devices, "an integer >= 0 (0 = every device)")
+    check(cfg.state_memory in STATE_MEMORY, "state_memory", cfg.state_memory, "one of " + ", ".join(STATE_MEMORY))
     d = cfg.data
     check(d.num_clients >= 1, "data.num_clients", d.num_clients, "an integer >= 1")
     check(cfg.cohort <= d.num_clients, "cohort", cfg.cohort, f"at most data.num_clients={d.num_clients}")
@@ -754,6 +760,7 @@ def validate_fedgc(g: FedGCConfig) -> None:
     check(g.vae_latent >= 1, "fedgc.vae_latent", g.vae_latent, "an integer >= 1")
 
 
+STATE_MEMORY = ("auto", "device", "host")
 MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment
 
 # Fields a grid may not vary: seeds have --seeds, algorithms --algorithm; data.* and task.*
@@ -761,7 +768,7 @@ MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment
 # partition); the rest name or observe the run without changing what is trained.
 NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials", "eval_every", "checkpoint", "checkpoint_every",
                  "tensorboard",
-                 "client_mapping", "chunk_size", "mesh_devices")
+                 "client_mapping", "chunk_size", "mesh_devices", "state_memory")
 NOT_GRIDDABLE_SECTIONS = ("data", "task")
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from fedjax_sim import checkpoints, jsonio, parallel
 from fedjax_sim import config as config_lib
-from fedjax_sim.core.driver import compiler_options, count_compiles, make_block, round_inputs
+from fedjax_sim.core.clients import on_device, to_host_memory
+from fedjax_sim.core.driver import RoundInput, compiler_options, count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.core.privacy import membership_inference
 from fedjax_sim.errors import ConfigError, DivergedError
@@ -58,13 +59,14 @@ class PreparedGroup(NamedTuple):
     """A group after host-side preparation (nothing compiled): ``mode`` (``vmap`` or
     ``sequential``) and why; ``preps`` [S][G] `runner.Prepared` (vmap mode: every seed's
     config prepared on the stacked data's common padding); ``data``: the stacked data (vmap)
-    or None."""
+    or None; ``state_memory``: where per-client state lives, and why."""
 
     group: Group
     mode: str
     reason: str
     preps: list
     data: Any
+    state_memory: tuple = ("device", "default")  # (device | host, why): `choose_state_memory`
 
 
 def static_key(cfg: config_lib.Config) -> str:
@@ -106,15 +108,26 @@ def _tree_bytes(tree) -> int:
 
 def memory_estimate(prep, data, trials_in_program: int) -> dict:
     """Bytes a program holds for its whole run (host-side shapes only, nothing compiles): the
-    device data (``data``, stacked when trials share it), the algorithm state of every trial, and
+    device data (``data``, stacked when trials share it), the algorithm state of every trial
+    (``client state``: its per-client store, `Algorithm.client_store`; ``state``: the rest), and
     every round's PRNG key. Activations of a round come on top and are not counted, so a run this
     refuses could never fit; one it admits may still be tight."""
     alg, cfg = prep.algorithm, prep.config
     data_shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
                               prep.data)
     state = jax.eval_shape(alg.init, jax.ShapeDtypeStruct((2,), jnp.uint32), data_shape)
-    return {"data": _data_bytes([data]), "state": _tree_bytes(state) * trials_in_program,
-            "round keys": cfg.rounds * 8 * trials_in_program}
+    store = sum(_tree_bytes(getattr(state, f)) for f in alg.client_store)
+    return {"data": _data_bytes([data]), "state": (_tree_bytes(state) - store) * trials_in_program,
+            "client state": store * trials_in_program, "round keys": cfg.rounds * 8 * trials_in_program}
+
+
+def host_memory() -> int | None:
+    """The host's available RAM in bytes (None when psutil is missing)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
 
 
 def available_memory() -> int | None:
@@ -126,14 +139,48 @@ def available_memory() -> int | None:
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
         return None
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
+    return host_memory()
 
 
-MEMORY_FIELDS = {"data": "data.num_clients", "state": "data.num_clients", "round keys": "rounds"}
+MEMORY_FIELDS = {"data": "data.num_clients", "state": "data.num_clients", "client state": "data.num_clients",
+                 "round keys": "rounds"}
+
+
+def choose_state_memory(requested: str, alg, parts: dict, platform: str | None = None,
+                        device_free: int | None = None, host_free: int | None = None) -> tuple[str, str]:
+    """The one place that decides where a run's per-client store (`Algorithm.client_store`)
+    lives: (``device`` | ``host``, why). ``parts``: `memory_estimate`.
+
+    ``device`` and ``host`` are honoured where the algorithm has a store (without one there is
+    nothing to place: ``device``). ``auto`` is ``host`` only on an accelerator whose free memory
+    the data and state together exceed while the rest fits it and the store fits the host's
+    available RAM; on CPU host and device memory are the same RAM, so ``auto`` is ``device``.
+    """
+    if not alg.client_store:
+        return "device", "no per-client store"
+    if requested != "auto":
+        return requested, "requested"
+    platform = platform or jax.devices()[0].platform
+    if platform == "cpu":
+        return "device", "host and device memory are the same RAM on CPU"
+    device_free = available_memory() if device_free is None else device_free
+    host_free = host_memory() if host_free is None else host_free
+    total, store = sum(parts.values()), parts.get("client state", 0)
+    if device_free is None or total <= device_free:
+        return "device", "fits device memory"
+    if total - store <= device_free and host_free is not None and store <= host_free:
+        gib = store / 2**30
+        return "host", f"client state {gib:.1f} GiB does not fit device memory beside the data; it fits the host's"
+    return "device", "does not fit host memory either"
+
+
+def check_state_memory(parts: dict, memory: str) -> None:
+    """`check_memory` of a run whose per-client store lives in ``memory``: a host store is
+    counted against the host's RAM and the rest against the device (on CPU, one RAM: the sum)."""
+    if memory != "host" or jax.devices()[0].platform == "cpu":
+        return check_memory(parts)
+    check_memory({k: v for k, v in parts.items() if k != "client state"})
+    check_memory({"client state": parts.get("client state", 0)}, host_memory())
 
 
 def check_memory(parts: dict, available: int | None = None) -> None:
@@ -206,13 +253,17 @@ def prepare_group(group: Group, datas: list | None = None, preps: list | None = 
                 c.chunk_size = chunk
         preps = [[runner.prepare(seeded(c, s), trial(stacked, i))._replace(data_stats=stats[i])
                   for c in group.configs] for i, s in enumerate(group.seeds)]
-        check_memory(memory_estimate(preps[0][0], stacked, len(group.seeds) * len(group.configs)))
-        return PreparedGroup(group, mode, reason, preps, stacked)
+        parts = memory_estimate(preps[0][0], stacked, len(group.seeds) * len(group.configs))
+        memory = choose_state_memory(first.state_memory, preps[0][0].algorithm, parts)
+        check_state_memory(parts, memory[0])
+        return PreparedGroup(group, mode, reason, preps, stacked, memory)
     if preps is None:
         preps = [[runner.prepare(seeded(c, s), d)._replace(data_stats=st) for c in group.configs]
                  for s, d, st in zip(group.seeds, datas, stats)]
-    check_memory(memory_estimate(preps[0][0], max(datas, key=lambda d: _data_bytes([d])), 1))
-    return PreparedGroup(group, mode, reason, preps, None)
+    parts = memory_estimate(preps[0][0], max(datas, key=lambda d: _data_bytes([d])), 1)
+    memory = choose_state_memory(first.state_memory, preps[0][0].algorithm, parts)
+    check_state_memory(parts, memory[0])
+    return PreparedGroup(group, mode, reason, preps, None, memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,13 +277,22 @@ class _Axes(NamedTuple):
     grid: bool
 
 
+# a block's RoundInput over seeds: keys and event rows per seed; the round index and the active
+# mask are the same for every trial and stay unmapped, so the block's `lax.cond` over inactive
+# rounds stays a cond (mapped, it becomes a select over the state, which XLA refuses for a store
+# in host memory, and which computes both branches)
+ROUNDS_AXES = RoundInput(key=0, index=None, active=None, events=0)
+
+
 def _wrap(fn, kinds: tuple, axes: _Axes):
     """vmaps ``fn`` over the grid axis (args of kind ``hp``/``trial``), then the seed axis
-    (``seed``/``trial``); ``shared`` args are not mapped."""
+    (``seed``/``trial``; ``rounds``: a block's inputs, `ROUNDS_AXES`); ``shared`` args are not
+    mapped."""
     if axes.grid:
         fn = jax.vmap(fn, in_axes=tuple(0 if k in ("hp", "trial") else None for k in kinds))
     if axes.seeds:
-        fn = jax.vmap(fn, in_axes=tuple(0 if k in ("seed", "trial") else None for k in kinds))
+        seed_axis = {"seed": 0, "trial": 0, "rounds": ROUNDS_AXES}
+        fn = jax.vmap(fn, in_axes=tuple(seed_axis.get(k) for k in kinds))
     return fn
 
 
@@ -245,9 +305,13 @@ class _Program(NamedTuple):
     privacy: Any = None
 
 
-def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sharding=None) -> _Program:
+def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sharding=None,
+             host_store: tuple = ()) -> _Program:
     """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
     inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``.
+    ``host_store``: the state fields init puts in host memory (``state_sharding`` says so too);
+    they stay there through the blocks; evaluation, report and the attack copy them to device
+    first (`on_device`).
 
     With a client ``mesh`` (the sharded client mapping) the state is laid out as
     ``state_sharding`` says (per-client leaves split over the devices like the data, the rest
@@ -264,7 +328,7 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
         return runner.make_algorithm(prep, config_lib.with_values(prep.config, h))
 
     def init(h, key, data):
-        return assemble(h).init(key, data)
+        return to_host_memory(assemble(h).init(key, data), host_store)
 
     def block(h, state, data, inputs):
         alg = assemble(h)
@@ -273,10 +337,10 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
 
     def evaluate(h, state, data, key):
         alg = assemble(h)
-        return runner.make_evaluator(prep, alg)(state, data, key)
+        return runner.make_evaluator(prep, alg)(on_device(state), data, key)
 
     def report(h, state):
-        return assemble(h).report(state)
+        return assemble(h).report(on_device(state))
 
     def privacy(h, state, data, key):
         """The loss-based membership-inference attack on the final models (`core.privacy`):
@@ -284,6 +348,7 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
         alg = assemble(h)
         task = alg.task or prep.task
         mapping = prep.mapping.resolved()
+        state = on_device(state)
         out = {}
         if alg.global_params is not None:
             r = membership_inference(task.metrics, alg.global_params(state), data, False, mapping)
@@ -297,10 +362,11 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
     attack = prep.task.target_kind != "multi"
     whole = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
     state_out = whole if state_sharding is None else {"out_shardings": state_sharding}
-    block_out = whole if state_sharding is None else {"out_shardings": (state_sharding, parallel.replicated(mesh))}
+    metrics_sharding = parallel.replicated(mesh) if mesh is not None else parallel.one_device()
+    block_out = whole if state_sharding is None else {"out_shardings": (state_sharding, metrics_sharding)}
     return _Program(
         jax.jit(_wrap(init, ("hp", "seed", "seed"), axes), **state_out),
-        jax.jit(_wrap(block, ("hp", "trial", "seed", "seed"), axes), donate_argnums=1,
+        jax.jit(_wrap(block, ("hp", "trial", "seed", "rounds"), axes), donate_argnums=1,
                 compiler_options=compiler_options(), **block_out),
         jax.jit(_wrap(evaluate, ("hp", "trial", "seed", "seed"), axes), **whole),
         None if prep.algorithm.report is None else jax.jit(_wrap(report, ("hp", "trial"), axes), **whole),
@@ -344,7 +410,7 @@ def _lead(tree, axes: _Axes):
 
 def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list, swept: tuple,
              axes: _Axes, writers: list, progress: bool, multi_seed: bool = False,
-             resume_dir: Path | None = None, resume: bool = False) -> UnitResult:
+             resume_dir: Path | None = None, resume: bool = False, state_memory: str = "device") -> UnitResult:
     """Runs the trials ``seeds`` x ``points`` as one program (``axes`` mapped) and streams each
     trial's evaluations to ``writers[point]``; returns the per-trial records and the timing.
     ``multi_seed``: the points run more seeds than this unit's (checkpoints are named per seed:
@@ -354,7 +420,8 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
     ``checkpoint_every`` rounds and when `checkpoints.Interrupt` is raised (then it stops after
     the current block: ``UnitResult.interrupted``); None = no checkpoints. ``resume``: continue
     from the checkpoint there (metrics.jsonl records after it are dropped), or, when the unit
-    had finished, rebuild its trials without running."""
+    had finished, rebuild its trials without running. ``state_memory``: ``host`` keeps the
+    algorithm's per-client store (`Algorithm.client_store`) in pinned host memory."""
     from fedjax_sim import runner
 
     prep = preps_by_seed[0][0]  # the program's template (its static structure is the group's)
@@ -394,11 +461,17 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         virtual_time = np.zeros((S, G))
         program = _program(prep, swept, configs, axes, mesh)
         state_sharding = None
-        if mesh is not None:  # per-client state [.., C, ...] split over the devices like the data
+        if mesh is not None or state_memory == "host":
             shapes = jax.eval_shape(program.init, put(program.hp), put(k_init), data)
-            state_sharding = parallel.population_shardings(shapes, mesh, prep.data.num_clients,
-                                                           axis=int(axes.seeds) + int(axes.grid))
-            program = _program(prep, swept, configs, axes, mesh, state_sharding)
+            if mesh is not None:  # per-client state [.., C, ...] split over the devices like the data
+                state_sharding = parallel.population_shardings(shapes, mesh, prep.data.num_clients,
+                                                               axis=int(axes.seeds) + int(axes.grid))
+            else:
+                state_sharding = jax.tree.map(lambda _: parallel.one_device(), shapes)
+            host_store = alg.client_store if state_memory == "host" else ()
+            if host_store:
+                state_sharding = parallel.host_store_shardings(state_sharding, host_store)
+            program = _program(prep, swept, configs, axes, mesh, state_sharding, host_store)
         program = program._replace(hp=put(program.hp))
         state = program.init(program.hp, put(k_init), data)
         train_s, samples, block_compiles, first_block = 0.0, 0.0, 0, 0
@@ -412,7 +485,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
 
         def inputs_for(lo, count):
             make = lambda k, e: round_inputs(k, lo, count, block_len, e)
-            return jax.vmap(make)(round_keys, events) if axes.seeds else make(round_keys, events)
+            return jax.vmap(make, out_axes=ROUNDS_AXES)(round_keys, events) if axes.seeds else make(round_keys, events)
 
         def log_eval(rnd: int, logged):
             fold = lambda k: jax.random.fold_in(k, rnd)
@@ -516,7 +589,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     shown = np.mean([h.get(g_key, h.get(p_key)) for h in ok])
                     bar.set_postfix({prep.task.headline[:12]: f"{shown:.3f}"})
             for hook in BLOCK_HOOKS:  # tests: e.g. raise the interrupt after a given round
-                hook(lo + count)
+                hook(lo + count, state)
             done_all = lo + count >= cfg.rounds
             if resume_dir is not None and not done_all and (
                     checkpoints.Interrupt.requested() or (every and (lo + count) // every > lo // every)):
@@ -588,7 +661,7 @@ def _tensorboard(boards: dict, j: int, out: Path, rec: dict) -> None:
             boards[j].add_scalar(f"{key}/seed{seed}", value, step)
 
 
-BLOCK_HOOKS: list = []  # callables of the round just finished, after each block (tests)
+BLOCK_HOOKS: list = []  # callables of (the round just finished, the state), after each block (tests)
 
 
 def _trial_record(t: "_Trial") -> dict:
@@ -726,6 +799,7 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
                             "data_placement": ("device" if prep.mapping.mesh is None else
                                                parallel.data_placement(prep.data.num_clients, prep.mapping.mesh)),
                             "processes": jax.process_count(),
+                            "state_memory": {"memory": pg.state_memory[0], "reason": pg.state_memory[1]},
                             "trials": {"mode": pg.mode, "reason": pg.reason, "seeds": list(pg.group.seeds),
                                        "grid_points_in_program": len(pg.group.configs),
                                        "swept": list(pg.group.swept)}}
@@ -786,7 +860,8 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
         axes = _Axes(True, bool(group.swept))
         unit = run_unit(pg.preps, pg.data, group.seeds, points, group.configs, group.swept, axes,
                         writers, progress, multi_seed=multi,
-                        resume_dir=checkpoints.directory(outs[0]) if single else None, resume=resume)
+                        resume_dir=checkpoints.directory(outs[0]) if single else None, resume=resume,
+                        state_memory=pg.state_memory[0])
         for t in unit.trials:
             results[t.point].append(t)
         timings = [[unit.timing] for _ in points]
@@ -799,7 +874,8 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
                     continue
                 where = checkpoints.directory(outs[j], s if multi else None) if single else None
                 unit = run_unit([[prep]], prep.data, [s], [j], [group.configs[j]], (), _Axes(False, False),
-                                writers, progress, multi_seed=multi, resume_dir=where, resume=resume)
+                                writers, progress, multi_seed=multi, resume_dir=where, resume=resume,
+                                state_memory=pg.state_memory[0])
                 results[j] += unit.trials
                 timings[j].append(unit.timing)
                 interrupted[j] = interrupted[j] or unit.interrupted

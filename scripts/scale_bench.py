@@ -1,7 +1,7 @@
 """Scale on this machine: the same bench workloads on 1, 2 and 4 (forced host) devices, and the
 bench MLP over populations up to 100,000 clients with its peak memory.
 
-    python scripts/scale_bench.py [--reps 3] [--out docs/bench] [--parts devices,cohort,population,collectives]
+    python scripts/scale_bench.py [--reps 3] [--out docs/bench] [--parts devices,cohort,population,collectives,state]
                                   [--merge docs/bench/scale-cpu-<stamp>.jsonl ...]
 
 Every measurement is `fedjax-sim bench --json` in a fresh process (a device count is fixed when
@@ -10,7 +10,8 @@ repetitions interleaved. ``devices``: each workload on one device with the defau
 sharded over D devices; the ratio is samples/s against the one-device default of the same
 repetition. ``population``: C clients x 16 examples each (784 features, float32), a 1,000-client
 cohort, FedAvg (stateless): peak resident memory, the data's bytes and samples/s.
-``cohort``: the factored MLP's client mappings at cohorts 100 to 10,000 (one device, and sharded
+``state``: SCAFFOLD and Local with their per-client state in device vs host memory
+(``--state-memory``), samples/s and peak memory. ``cohort``: the factored MLP's client mappings at cohorts 100 to 10,000 (one device, and sharded
 over 2). ``collectives``: the time of the cross-device mean of 0.8 / 4.8 / 20 MB over 4 host devices (the
 sizes one round of the sharded MLP / CNN / a 100-client cohort's rows all-reduces). Writes
 <out>/scale-cpu.md (medians over the repetitions) and <out>/scale-cpu-<stamp>.jsonl; ``--merge``
@@ -47,6 +48,16 @@ COHORT_MAPPINGS = {"vmap": (["--client-mapping", "vmap"], 1), "chunked 10 (defau
                    "sharded over 2 (default)": ([], 2),
                    "sharded over 2, vmap on each": (["--client-mapping", "sharded", "--chunk-size", "100000"], 2)}
 POPULATIONS = (1_000, 10_000, 100_000)
+# stateful algorithms' per-client store in device vs host memory (state_memory), one device:
+# name -> bench flags; on CPU both memories are the same RAM, so this measures the cost of moving
+# the cohort's rows one at a time, not a memory saving
+STATE_WORKLOADS = {
+    "scaffold C=1000 K=100": ["--algorithm", "scaffold", "--clients", "1000", "--cohort", "100", "--rounds", "5"],
+    "scaffold C=5000 K=1000": ["--algorithm", "scaffold", "--clients", "5000", "--cohort", "1000",
+                               "--examples-per-client", "16", "--rounds", "2"],
+    "local C=1000 K=100": ["--algorithm", "local", "--clients", "1000", "--cohort", "100", "--rounds", "5"],
+}
+STATE_MEMORIES = ("device", "host")
 
 
 def bench(flags: list[str], devices: int) -> dict:
@@ -87,7 +98,7 @@ def collectives() -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--parts", default="devices,cohort,population,collectives")
+    ap.add_argument("--parts", default="devices,cohort,population,collectives,state")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--merge", nargs="*", default=[], help="earlier runs' .jsonl records to add to the table")
     a = ap.parse_args()
@@ -129,6 +140,13 @@ def main():
                                 "samples_per_s": r["samples_per_second"], "peak_rss": r["memory"]["peak_rss_bytes"],
                                 "mapping": f"{r['engine']['client_mapping']}/{r['engine']['chunk_size']}",
                                 "result": r})
+            if "state" in parts:
+                for name, flags in STATE_WORKLOADS.items():
+                    for memory in STATE_MEMORIES:
+                        r = bench(["--model", "mlp", *flags, "--state-memory", memory], 1)
+                        record({"part": "state", "workload": name, "memory": r["memory"]["state_memory"], "rep": rep,
+                                "samples_per_s": r["samples_per_second"], "peak_rss": r["memory"]["peak_rss_bytes"],
+                                "client_state_bytes": r["memory"]["client_state_bytes"], "result": r})
             if "population" in parts:
                 for c in POPULATIONS:
                     r = bench(["--model", "mlp", "--clients", str(c), "--cohort", "1000", "--examples-per-client",
@@ -210,6 +228,22 @@ def write_table(runs: list[dict], path: str, stamp: str) -> None:
                 peak, data = _median(rows, "peak_rss"), rows[0]["data_bytes"]
                 lines.append(f"| {c:,} | {gib(data)} | {rows[0]['state_bytes'] / 2**20:.1f} | {gib(peak)} | "
                              f"{gib(peak - 2 * data)} | {_median(rows, 'samples_per_s'):,.0f} |")
+        lines.append("")
+    state = [r for r in runs if r["part"] == "state"]
+    if state:
+        lines += ["Per-client state in device or host memory (`state_memory`; the bench MLP, one device, plain "
+                  "SGD): the store stays in pinned host memory and each round moves the cohort's rows one at a "
+                  "time. On CPU both memories are the same RAM: this is the cost of the row moves, not a memory "
+                  "saving. Ratio against the device store in the same repetition.", "",
+                  "| workload | client state GiB | memory | samples/s | ratio to device | peak RSS GiB |",
+                  "|---|---|---|---|---|---|"]
+        for name in STATE_WORKLOADS:
+            base = [r for r in state if r["workload"] == name and r["memory"] == "device"]
+            for memory in STATE_MEMORIES:
+                rows = [r for r in state if r["workload"] == name and r["memory"] == memory]
+                if rows:
+                    lines.append(f"| {name} | {gib(rows[0]['client_state_bytes'])} | {memory} | "
+                                 f"{_speed_cells(rows, base)} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))

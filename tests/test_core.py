@@ -306,6 +306,51 @@ def test_gather_scatter_round_trip():
         np.testing.assert_array_equal(np.asarray(new_leaf)[~in_cohort], np.asarray(old_leaf)[~in_cohort])
 
 
+@pytest.mark.parametrize("memory", ["device", "pinned_host"])
+@pytest.mark.parametrize("outer", [False, True])
+def test_update_cohort_matches_python_loop_in_device_and_host_memory(memory, outer):
+    """`update_cohort` on a store in device or pinned host memory, jitted over a scan of 3 rounds
+    (outer: vmapped over 2 trials with their own cohorts) against a Python loop over rounds and
+    clients; the store stays in its memory and only cohort rows change."""
+    from fedjax_sim import parallel
+    from fedjax_sim.core.clients import in_host_memory, on_device, update_cohort
+
+    C, K, R = 7, 3, 3
+    rng = np.random.default_rng(0)
+    store0 = {"w": rng.normal(size=(2, C, 4)).astype(np.float32), "n": np.zeros((2, C), np.int32)}
+    idx = np.stack([np.stack([rng.permutation(C)[:K] for _ in range(R)]) for _ in range(2)]).astype(np.int32)
+
+    def one_round(store, ids):
+        def step(cohort):  # a client's update reads only its own row
+            return {"w": cohort["w"] * 0.5 + ids[:, None], "n": cohort["n"] + 1}, jnp.sum(on_device(cohort["w"]))
+        return update_cohort(store, ids, step)
+
+    def rounds(store, ids):
+        return jax.lax.scan(one_round, store, ids)
+
+    if not outer:
+        store0, idx = jax.tree.map(lambda a: a[0], store0), idx[0]
+    fn = jax.vmap(rounds) if outer else rounds
+    sharding = parallel.one_device().with_memory_kind(memory)
+    placed = jax.device_put(store0, sharding)
+    assert in_host_memory(placed["w"]) == (memory == "pinned_host")
+    got, sums = jax.jit(fn, out_shardings=({"w": sharding, "n": sharding}, parallel.one_device()))(placed, idx)
+    assert got["w"].sharding.memory_kind == memory
+
+    ref = jax.tree.map(np.array, store0)
+    ref_sums = np.zeros(idx.shape[:-1], np.float32)
+    for t in np.ndindex(idx.shape[:-2]):  # trials (none without outer)
+        for r in range(R):
+            ids = idx[t][r]
+            ref_sums[t][r] = ref["w"][t][ids].sum()
+            for i in ids:
+                ref["w"][t][i] = ref["w"][t][i] * 0.5 + i
+                ref["n"][t][i] += 1
+    np.testing.assert_allclose(np.asarray(got["w"]), ref["w"], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got["n"]), ref["n"])
+    np.testing.assert_allclose(np.asarray(sums), ref_sums, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # evaluation
 

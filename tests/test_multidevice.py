@@ -141,7 +141,7 @@ def test_interrupted_sharded_run_resumes_identical(tmp_path, monkeypatch):
             "--set", "checkpoint=true"]
     assert cli.main(args + ["--out", str(tmp_path / "full")]) == 0
 
-    def hook(done):
+    def hook(done, state):
         if done == 4:
             checkpoints.Interrupt.signum = 2
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [hook])
@@ -174,3 +174,26 @@ def test_population_shardings_split_per_client_leaves_only():
     placed = parallel.place({"control": np.arange(80.0).reshape(2, 8, 5)}, {"control": got["control"]})
     assert placed["control"].addressable_shards[0].data.shape == (2, 2, 5)
     np.testing.assert_array_equal(parallel.to_host(placed)["control"], np.arange(80.0).reshape(2, 8, 5))
+
+
+@pytest.mark.parametrize("clients", [8, 6])
+def test_host_store_split_over_four_devices_equals_one_device(clients, tmp_path, monkeypatch):
+    """SCAFFOLD's control variates in host memory, split over 4 devices (8 clients) or replicated
+    (6): every metrics line equals the one-device run with its store in device memory."""
+    from fedjax_sim import trials
+    from fedjax_sim.core.clients import in_host_memory
+
+    base = dict(algorithm="scaffold", rounds=4, eval_every=2, cohort=5, data__num_clients=clients)
+    one = fedjax_sim.run(out=tmp_path / "one", client_mapping="vmap", state_memory="device", **base)
+    seen = []
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: seen.append(
+        (all(map(in_host_memory, jax.tree.leaves(state.client_control))), any(map(in_host_memory, jax.tree.leaves(state.params))),
+         jax.tree.leaves(state.client_control)[0].sharding.spec))])
+    four = fedjax_sim.run(out=tmp_path / "four", client_mapping="sharded", state_memory="host", **base)
+    split = jax.sharding.PartitionSpec(parallel.AXIS) if clients == 8 else jax.sharding.PartitionSpec()
+    assert seen == [(True, False, split)] * 2
+    assert four.config["resolved"]["state_memory"]["memory"] == "host"
+    for x, y in zip(_metrics(one), _metrics(four)):
+        for key in x:
+            if math.isfinite(x[key]):
+                np.testing.assert_allclose(y[key], x[key], rtol=2e-4, atol=2e-5, err_msg=key)

@@ -198,7 +198,7 @@ def _interrupt_at(monkeypatch, rnd: int, signum=None):
 
     from fedjax_sim import checkpoints, trials
 
-    def hook(done):
+    def hook(done, state):
         if done == rnd:
             checkpoints.Interrupt.signum = signum or signal.SIGINT
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [hook])

@@ -21,6 +21,12 @@ An algorithm is a bundle of pure functions; the runner never knows which one it 
                                               runs carry Local for Delta_m)
   cohort_key(round_key) -> key                optional: the key a round passes to
                                               `core.sampling.select_cohort` (None: the round key)
+  client_store                                names of the state's fields whose leaves are
+                                              per-client [C, ...] and which a round reads and
+                                              writes only through `core.clients.update_cohort`
+                                              (whole only through `core.clients.on_device`): the
+                                              engine may keep them in host memory
+                                              (``state_memory``); () = none
 
 Multi-task data (``task.target_kind == "multi"``) has its own registry (`register` with
 ``multitask=True``): the same name may mean a single-task algorithm and its multi-task form
@@ -57,6 +63,7 @@ class Algorithm(NamedTuple):
     task: Any = None
     reference_params: Callable[[State, Any, jax.Array], Any] | None = None
     cohort_key: Callable[[jax.Array], jax.Array] | None = None
+    client_store: tuple = ()
 
 
 class BuildContext(NamedTuple):
@@ -185,7 +192,7 @@ def with_reference(alg: Algorithm, ref: Algorithm) -> Algorithm:
     return alg._replace(init=init, round=round_fn, global_params=wrap(alg.global_params),
                         client_params=wrap(alg.client_params), report=wrap(alg.report),
                         reference_params=lambda state, data, key: ref.client_params(state.reference, data, key),
-                        info={**alg.info, "reference": ref.name})
+                        info={**alg.info, "reference": ref.name}, client_store=())
 
 
 def with_clock(alg: Algorithm, durations: Callable[[int, Any, int], Any], cohort: int,

@@ -46,7 +46,7 @@ from fedjax_sim.aggregators import chain, keep, mean, mixture_mean, partition, s
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
 from fedjax_sim.algorithms.common import client_weights, round_metrics
 from fedjax_sim.config import check
-from fedjax_sim.core.clients import replicate, update_cohort
+from fedjax_sim.core.clients import on_device, replicate, update_cohort
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.optim import lora_preconditioner
 from fedjax_sim.core.sampling import select_cohort
@@ -238,7 +238,7 @@ def _mixture_algorithm(ctx: BuildContext, hp: FloralConfig, name: str, kind: str
         metrics = {**round_metrics(stats, n), **metrics}
         cluster = getattr(data, "cluster", None)
         if cluster is not None and m > 1 and data.num_clients <= RAND_INDEX_MAX_CLIENTS:
-            metrics["router_rand_index"] = rand_index(cluster, clients.router)
+            metrics["router_rand_index"] = rand_index(cluster, on_device(clients.router))
         return state, metrics
 
     def client_params(state, data, key):
@@ -266,7 +266,8 @@ def _mixture_algorithm(ctx: BuildContext, hp: FloralConfig, name: str, kind: str
             "needs_clusters": router == "oracle"}
     if kind == "floral":
         info["adaptor_ranks"] = {layer.name: layer.rank for layer in model.layers}
-    return Algorithm(name, init, round_fn, None, client_params, info, report, task=eval_task)
+    return Algorithm(name, init, round_fn, None, client_params, info, report, task=eval_task,
+                     client_store=("clients",))
 
 
 @register("floral", "FLoRAL: shared base + M low-rank adaptors mixed by a private per-client "

@@ -41,4 +41,5 @@ def local(ctx: BuildContext, hp=None) -> Algorithm:
 
     info = {"formulation": "materialized", "client_mapping": mapping.strategy,
             "chunk_size": mapping.chunk_size}
-    return Algorithm("local", init, round_fn, None, lambda s, d, k: s.params, info)
+    return Algorithm("local", init, round_fn, None, lambda s, d, k: s.params, info,
+                     client_store=("params", "opt"))

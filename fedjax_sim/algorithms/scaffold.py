@@ -85,4 +85,5 @@ def scaffold(ctx: BuildContext, hp=None) -> Algorithm:
 
     info = {"formulation": "materialized", "client_mapping": mapping.strategy,
             "chunk_size": mapping.chunk_size}
-    return Algorithm("scaffold", init, round_fn, lambda s: s.params, None, info)
+    return Algorithm("scaffold", init, round_fn, lambda s: s.params, None, info,
+                     client_store=("client_control",))

@@ -90,7 +90,7 @@ def make_split_algorithm(name: str, ctx: BuildContext, client_train: Callable, o
     info = {"formulation": "materialized", "client_mapping": mapping.strategy,
             "chunk_size": mapping.chunk_size, **(info or {})}
     return Algorithm(name, init, round_fn, None, client_params, info, report,
-                     cohort_key=lambda key: jax.random.split(key)[0])
+                     cohort_key=lambda key: jax.random.split(key)[0], client_store=("clients",))
 
 
 def train_body_and_head(local_train: Callable) -> Callable:

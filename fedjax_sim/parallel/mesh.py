@@ -72,12 +72,30 @@ def population_shardings(tree, mesh: Mesh, num_clients: int, axis: int = 0):
     return jax.tree.map(sharding, tree)
 
 
+def one_device():
+    """The default device's sharding (a run without a client mesh)."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+HOST_MEMORY = "pinned_host"  # host RAM the devices copy to and from directly (CPU JAX lists it too)
+
+
+def host_store_shardings(shardings, fields: tuple):
+    """``shardings`` (a NamedTuple of per-leaf shardings shaped like a state) with the leaves
+    under ``fields`` moved to host memory (`HOST_MEMORY`), the rest unchanged: where a per-client
+    store stays between rounds while the device holds only the cohort's slice."""
+    host = lambda tree: jax.tree.map(lambda s: s.with_memory_kind(HOST_MEMORY), tree)  # noqa: E731
+    return shardings._replace(**{f: host(getattr(shardings, f)) for f in fields})
+
+
 def place(tree, shardings):
     """Every leaf of ``tree`` (host or device arrays, the same values in every process) as a
     global array with its sharding; each process fills only its own devices."""
     def put(a, sharding):
         host = np.asarray(a)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        out = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        # a host-memory placement: also say so in the array's type, which jitted code reads
+        return jax.device_put(out, jax.memory.Space.Host) if sharding.memory_kind == HOST_MEMORY else out
 
     return jax.tree.map(put, tree, shardings)
 
