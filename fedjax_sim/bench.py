@@ -20,7 +20,7 @@ import numpy as np
 
 from fedjax_sim import config as config_lib
 from fedjax_sim import parallel
-from fedjax_sim.core.clients import in_host_memory, on_device, to_host_memory
+from fedjax_sim.core.clients import in_host_memory, to_host_memory
 from fedjax_sim.core.driver import compiler_options, make_block, round_inputs
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.mapping import STRATEGIES
@@ -170,8 +170,9 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     samples = rounds * cohort * examples_per_client * local_epochs
 
     state = holder["state"]  # the first state was donated to the first call
-    params = alg.global_params(state) if alg.global_params is not None else jax.tree.map(
-        lambda a: a[0], alg.client_params(on_device(state), data, key))
+    # a personalized algorithm has no global model: count (and time centralized training from) one
+    # client's model, a fresh initialization, without copying the clients' store anywhere
+    params = alg.global_params(state) if alg.global_params is not None else prep.model.init(key)
     fl_s = statistics.median(fl_times)
     fl_sps = samples / fl_s
     c_sps = c_times = central_compile = None
