@@ -154,6 +154,10 @@ def main():
                     record({"part": "population", "clients": c, "rep": rep, "samples_per_s": r["samples_per_second"],
                             "peak_rss": r["memory"]["peak_rss_bytes"], "data_bytes": r["memory"]["data_bytes"],
                             "state_bytes": r["memory"]["state_bytes"], "result": r})
+    log_path = os.path.join(a.out, f"scale-cpu-{stamp}.jsonl")
+    if os.path.getsize(log_path) == 0:  # nothing measured (a --merge only): no empty log, no stamp
+        os.remove(log_path)
+        stamps.pop()
     write_table(runs, os.path.join(a.out, "scale-cpu.md"), ", ".join(stamps))
 
 
