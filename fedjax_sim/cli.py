@@ -509,7 +509,7 @@ def cmd_list(a) -> int:
         print(config_lib.field_reference(markdown=a.markdown), end="\n" if not a.markdown else "")
         return 0
     from fedjax_sim.core.optim import OPTIMIZERS
-    from fedjax_sim.data import DATASETS, MULTITASK_SOURCES, all_partitions
+    from fedjax_sim.data import MULTITASK_SOURCES, all_partitions, all_sources
     from fedjax_sim.tasks import TASKS
 
     print("algorithms (config section in brackets):")
@@ -520,13 +520,14 @@ def cmd_list(a) -> int:
     for name in sorted(MULTITASK_DESCRIPTIONS):
         section = section_of(name, True)
         print(f"  {name:20s} {MULTITASK_DESCRIPTIONS[name]}" + (f" [{section}.*]" if section else ""))
-    print("datasets:\n  " + ", ".join(DATASETS) + "\nmulti-task datasets (data.scenario):\n  "
+    print("datasets:\n  " + ", ".join(all_sources()) + "\nmulti-task datasets (data.scenario):\n  "
           + ", ".join(MULTITASK_SOURCES))
     print("partitions:\n  " + ", ".join(all_partitions()))
     from fedjax_sim.models.classifiers import DROPOUT_MODELS, MODEL_DESCRIPTIONS
-    print("models (model.name; auto: cnn for grayscale images >= 16x16, cifar_cnn for colour, mlp otherwise; "
-          "[model.dropout]: has optional dropouts):")
-    for name, text in MODEL_DESCRIPTIONS.items():
+    from fedjax_sim.models.sequence import DESCRIPTION as SEQUENCE_DESCRIPTION
+    print("models (model.name; auto: cnn for grayscale images >= 16x16, cifar_cnn for colour, char_lstm for "
+          "token sequences, mlp otherwise; [model.dropout]: has optional dropouts):")
+    for name, text in {**MODEL_DESCRIPTIONS, "char_lstm": SEQUENCE_DESCRIPTION}.items():
         print(f"  {name:20s} {text}" + (" [model.dropout]" if name in DROPOUT_MODELS else ""))
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "

@@ -90,7 +90,9 @@ class DataConfig:
     # partitioning, WITH labels, as the public split a generator is fitted on
     # (`FederatedData.public`; --generative fedgc): never any client's data, never test data
     public_fraction: float = 0.0
-    data_dir: str = ""  # TFDS data_dir; "" = TFDS default
+    # TFDS data_dir ("" = TFDS default), or the directory holding a natural dataset's files
+    # (femnist, cifar100_fed: FedJAX / TensorFlow Federated SQLite, LEAF JSON; docs/datasets.md)
+    data_dir: str = ""
     seed: int = -1  # partition seed; -1 = the run seed
 
 

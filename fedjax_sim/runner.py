@@ -69,8 +69,15 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
             raise ConfigError("task.name", name, f"auto for the multi-task data of data.dataset={data.name} "
                                                  "(its tasks come with the data)")
         return tasks_lib.multitask_from_spec(model.apply, data.tasks)
+    sequences = is_sequence_data(data)
     if name == "auto":
-        name = "classification" if data.target_kind == "class" else "regression_mse"
+        name = ("sequence" if sequences else "classification") if data.target_kind == "class" else "regression_mse"
+    if (name == "sequence") != sequences:
+        raise ConfigError("task.name", cfg.task.name,
+                          "sequence (or auto) for the token sequences of data.dataset=" + data.name if sequences
+                          else f"not sequence: data.dataset={data.name} has no token sequences")
+    if name == "sequence":
+        return tasks_lib.sequence(model.apply, data.num_classes, model.train_apply)
     if name == "classification" and data.target_kind != "class":
         raise ConfigError("task.name", cfg.task.name,
                           f"regression_mse or regression_mae for the real-valued targets of "
@@ -83,14 +90,21 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
     return tasks_lib.regression(model.apply, name.split("_", 1)[1], model.train_apply)
 
 
+def is_sequence_data(data) -> bool:
+    """Token sequences: class targets with a time axis (y [C, N, T]), e.g. Shakespeare."""
+    return data.target_kind == "class" and len(data.target_shape) == 1
+
+
 def _build_model(cfg: config_lib.Config, data) -> Model:
     if data.target_kind == "multi":
         return _build_multitask_model(cfg, data)
+    if is_sequence_data(data) or cfg.model.name == SEQUENCE_MODEL:
+        return _build_sequence_model(cfg, data)
     if cfg.model.name == MULTITASK_MODEL:
         raise ConfigError("model.name", cfg.model.name, f"auto or one of {', '.join(MODELS)} for the "
                                                         f"single-task data of data.dataset={data.name}")
     if cfg.model.name not in ("auto", *MODELS):
-        raise ConfigError("model.name", cfg.model.name, "one of auto, " + ", ".join(MODELS))
+        raise ConfigError("model.name", cfg.model.name, "one of auto, " + ", ".join([*MODELS, SEQUENCE_MODEL]))
     if cfg.model.name not in ("auto", "mlp") and len(data.feature_shape) != 3:
         raise ConfigError("model.name", cfg.model.name, f"mlp for vector inputs of shape {data.feature_shape}")
     if cfg.model.name in DROPOUT_MODELS and min(data.feature_shape[:2]) < 6:
@@ -109,6 +123,25 @@ def _build_model(cfg: config_lib.Config, data) -> Model:
 
 
 MULTITASK_MODEL = "multitask_mlp"
+SEQUENCE_MODEL = "char_lstm"
+
+
+def _build_sequence_model(cfg: config_lib.Config, data) -> Model:
+    """The character LSTM (`models.sequence.char_lstm`) of token-sequence data, the only model
+    such data takes (and the only data it takes)."""
+    from fedjax_sim.models.sequence import char_lstm
+
+    if not is_sequence_data(data):
+        raise ConfigError("model.name", cfg.model.name, f"auto or one of {', '.join(MODELS)} for "
+                                                        f"data.dataset={data.name} ({SEQUENCE_MODEL} reads token sequences)")
+    if cfg.model.name not in ("auto", SEQUENCE_MODEL):
+        raise ConfigError("model.name", cfg.model.name, f"auto or {SEQUENCE_MODEL} for the token sequences of "
+                                                        f"data.dataset={data.name}")
+    if cfg.model.head_layers != 1 or cfg.model.dropout:
+        field, value = ("model.head_layers", cfg.model.head_layers) if cfg.model.head_layers != 1 else (
+            "model.dropout", cfg.model.dropout)
+        raise ConfigError(field, value, f"its default for {SEQUENCE_MODEL} (one output layer, no dropout)")
+    return char_lstm(data.feature_shape, data.num_classes)
 
 
 def _build_multitask_model(cfg: config_lib.Config, data):

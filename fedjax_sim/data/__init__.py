@@ -8,6 +8,7 @@ from fedjax_sim.data.build import (MULTITASK_SOURCES, Assignment, all_partitions
                                    resolve_seed, validate_data_config)
 from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients, stack_trials
 from fedjax_sim.data.partition import PARTITIONS, TRANSFORM_PARTITIONS
+from fedjax_sim.data.build import all_sources  # every single-task source (DATASETS + natural files)
 from fedjax_sim.data.sources import DATASETS
 
 
@@ -57,6 +58,7 @@ def _describe_tasks(spec) -> dict:
 
 __all__ = [
     "DATASETS",
+    "all_sources",
     "MULTITASK_SOURCES",
     "PARTITIONS",
     "TRANSFORM_PARTITIONS",

@@ -27,16 +27,27 @@ from fedjax_sim.data.multitask import build_hcfmtl_lite
 from fedjax_sim.data.multitask import check_config as check_hcfmtl_lite
 from fedjax_sim.data.partition import (PARTITIONS, TRANSFORM_PARTITIONS, draw_client_tests,
                                        stratified_split)
+from fedjax_sim.data.natural import NATURAL_DATASETS
 from fedjax_sim.data.sources import DATASETS, Source, check_finite
 from fedjax_sim.errors import ConfigError
 
 MULTITASK_SOURCES = {"hcfmtl_lite": build_hcfmtl_lite}  # multi-task data, built whole by their own builder
-NATURAL_SOURCES = ("synthetic", "floral_synthetic")  # sources whose clients come from the generator
+
+
+def all_sources() -> dict:
+    """Every single-task source by name: the built-in and TFDS ones (`sources.DATASETS`, read
+    at call time so a source registered there counts) and the natural-client files."""
+    return {**DATASETS, **NATURAL_DATASETS}
+
+
+# sources with their own clients: from the generator, or real clients read from files
+NATURAL_SOURCES = ("synthetic", "floral_synthetic", *NATURAL_DATASETS)
 # `auto` for the other sources: label-wise Dirichlet, except where noted. diabetes: iid, because
 # its train pool (~354 rows) is too small for dirichlet_label's default min_size over 20 clients,
 # and a regression sanity source is most useful with a centralized-equivalent split; label skew
 # over its target strata is one `data.partition=` away.
-AUTO_PARTITION = {"synthetic": "natural", "floral_synthetic": "natural", "diabetes": "iid"}
+AUTO_PARTITION = {"synthetic": "natural", "floral_synthetic": "natural", "diabetes": "iid",
+                  **{name: "natural" for name in NATURAL_DATASETS}}
 REPLACEMENT_PARTITIONS = ("dominant_class",)  # partitioners with a with-replacement mode
 # What is known about a source before loading it, for the `clusters` checks in
 # `validate_data_config` (the same checks run on the loaded arrays for every other source).
@@ -168,8 +179,8 @@ def _check_floral_synthetic(cfg: DataConfig) -> None:
 def validate_data_config(cfg: DataConfig) -> None:
     """Checks the dataset and partition names and that they go together, and the knobs of the
     `clusters` partition and of ``floral_synthetic`` (no data is loaded)."""
-    if cfg.dataset not in DATASETS and cfg.dataset not in MULTITASK_SOURCES:
-        raise ConfigError("data.dataset", cfg.dataset, "one of " + ", ".join([*DATASETS, *MULTITASK_SOURCES]))
+    if cfg.dataset not in all_sources() and cfg.dataset not in MULTITASK_SOURCES:
+        raise ConfigError("data.dataset", cfg.dataset, "one of " + ", ".join([*all_sources(), *MULTITASK_SOURCES]))
     if cfg.dataset in MULTITASK_SOURCES:
         check_hcfmtl_lite(cfg)
         return
@@ -188,7 +199,7 @@ def validate_data_config(cfg: DataConfig) -> None:
     if partition != "natural" and cfg.dataset in NATURAL_SOURCES:
         raise ConfigError("data.partition", partition,
                           f"auto or natural for data.dataset={cfg.dataset} "
-                          "(its clients come from the generator)")
+                          "(the source has its own clients)")
     if getattr(cfg, "validation_fraction", 0.0) > 0 and getattr(cfg, "with_replacement", False):
         raise ConfigError("data.validation_fraction", cfg.validation_fraction,
                           "0 with data.with_replacement=true (a reused training example could be "
@@ -319,7 +330,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     source_rng, holdout_rng, partition_rng, test_rng, validation_rng, proxy_rng, public_rng = (
         np.random.default_rng(s) for s in streams)
 
-    loader = DATASETS[cfg.dataset]
+    loader = all_sources()[cfg.dataset]
     src = loader(cfg, source_rng, **_knobs(loader, cfg, seed=seed))
     pools = split_pools(src, cfg.global_test_fraction, holdout_rng)
     real = src.target_kind == "real"
@@ -336,7 +347,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     fn = all_partitions()[partition]
     train_idx = fn(pools.strata, cfg.num_clients, partition_rng,
                    **_knobs(fn, cfg, groups=pools.groups))
-    if partition == "natural":
+    if partition == "natural" and pools.test_groups is not None:
         test_idx = _by_group(pools.test_groups, cfg.num_clients)
     else:
         test_idx = draw_client_tests(pools.strata, train_idx, pools.test_strata, cfg.test_fraction,

@@ -396,13 +396,13 @@ def quantity_skew(labels, num_clients, rng, *, quantity_sigma):
 def natural(labels, num_clients, rng, *, groups=None):
     """The source's own clients: client c holds the examples with groups == c.
 
-    Only for sources that generate per-client data (`synthetic`, `floral_synthetic`): `groups`
-    [n] int ids in [0, C).
+    Only for sources with their own clients (`synthetic`, `floral_synthetic`, and the files of
+    `data.natural`: `femnist`, `cifar100_fed`): `groups` [n] int ids in [0, C).
     """
     if groups is None:
         raise ConfigError("data.partition", "natural",
-                          "natural only for data.dataset=synthetic or floral_synthetic (a source "
-                          "with its own clients)")
+                          "natural only for a source with its own clients (synthetic, floral_synthetic, "
+                          "femnist, cifar100_fed)")
     groups = np.asarray(groups)
     if len(groups) != len(labels) or groups.min(initial=0) < 0 or groups.max(initial=-1) + 1 != num_clients:
         raise ConfigError("data.num_clients", num_clients,

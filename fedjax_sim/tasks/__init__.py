@@ -10,8 +10,9 @@ A batch is the client data pytree with leaves [B, ...] (``x``, ``y``, ...) plus 
 every unprefixed metric, and ``"<task>/count"`` divides every ``"<task>/..."`` metric of a
 multi-task model (`divide_metrics`), so a client without rows for a task simply has count 0.
 
-Built here: `classification` (softmax cross-entropy, accuracy), `regression` (MSE or MAE),
-and `multitask` (a dict of those over a shared batch, each task with its own per-row mask).
+Built here: `classification` (softmax cross-entropy, accuracy), `sequence` (next-token
+prediction, means over real tokens), `regression` (MSE or MAE), and `multitask` (a dict of those
+over a shared batch, each task with its own per-row mask).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class Pointwise(NamedTuple):
 
     per_row_loss(outputs [B, ...], y [B, ...]) -> [B]; per_row_metrics(outputs, y) -> {name: [B]};
     headline: the metric a run is judged by; higher_is_better: its direction.
+    per_row_weight(y) -> [B]: how much each row counts in the loss and the metrics (a sequence
+    row: its real tokens, so that means are over tokens); None = every row counts 1.
     """
 
     per_row_loss: Callable[[jax.Array, jax.Array], jax.Array]
@@ -37,6 +40,7 @@ class Pointwise(NamedTuple):
     headline: str
     higher_is_better: bool
     target_kind: str  # "class" | "real"
+    per_row_weight: Callable[[jax.Array], jax.Array] | None = None
 
 
 class Task(NamedTuple):
@@ -87,8 +91,14 @@ def divide_metrics(sums: Mapping[str, jax.Array]) -> dict:
 
 def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: int = 0,
             train_apply: Callable | None = None) -> Task:
+    def weights(batch):
+        """[B] float: the mask, times the rows' weights (`Pointwise.per_row_weight`)."""
+        m = batch["mask"].astype(jnp.float32)
+        return m if pointwise.per_row_weight is None else m * pointwise.per_row_weight(batch["y"])
+
     def output_loss(outputs, batch):
-        return masked_mean(pointwise.per_row_loss(outputs, batch["y"]), batch["mask"])
+        w = weights(batch)
+        return jnp.sum(pointwise.per_row_loss(outputs, batch["y"]) * w) / jnp.maximum(jnp.sum(w), 1)
 
     def loss(params, batch, key):
         if train_apply is None:
@@ -97,7 +107,7 @@ def _single(pointwise: Pointwise, apply_fn: Callable, name: str, num_classes: in
 
     def metrics(params, batch):
         outputs = apply_fn(params, batch["x"])
-        m = batch["mask"].astype(jnp.float32)
+        m = weights(batch)
         sums = {k: jnp.sum(v * m) for k, v in pointwise.per_row_metrics(outputs, batch["y"]).items()}
         return {**sums, "loss": jnp.sum(pointwise.per_row_loss(outputs, batch["y"]) * m),
                 "count": jnp.sum(m)}
@@ -142,6 +152,32 @@ def regression_pointwise(loss: str = "mse") -> Pointwise:
 
 
 REGRESSION_LOSSES = ("mse", "mae")
+PAD = 0  # the padding token id of sequence targets (FedJAX's Shakespeare and Stack Overflow)
+
+
+def sequence_pointwise(pad: int = PAD) -> Pointwise:
+    """Next-token prediction: logits [B, T, K] against int targets [B, T], tokens equal to ``pad``
+    ignored. A row's loss and accuracy are means over its real tokens and it weighs its count of
+    real tokens, so the task's means are over tokens (FedJAX's masked sequence cross-entropy and
+    accuracy; a row of padding only weighs 0)."""
+    def real(y):
+        return (y != pad).astype(jnp.float32)
+
+    def per_token_mean(values, y):
+        return jnp.sum(values * real(y), -1) / jnp.maximum(jnp.sum(real(y), -1), 1)
+
+    return Pointwise(
+        per_row_loss=lambda logits, y: per_token_mean(optax.softmax_cross_entropy_with_integer_labels(logits, y), y),
+        per_row_metrics=lambda logits, y: {"accuracy": per_token_mean((jnp.argmax(logits, -1) == y).astype(jnp.float32), y)},
+        headline="accuracy", higher_is_better=True, target_kind="class",
+        per_row_weight=lambda y: jnp.sum(real(y), -1))
+
+
+def sequence(apply_fn: Callable, num_classes: int, train_apply: Callable | None = None) -> Task:
+    """Next-token prediction over sequences (``sequence_pointwise``): ``apply_fn(params, x [B, T])
+    -> logits [B, T, num_classes]``, batch ``y`` [B, T] int tokens (0 = padding). Metrics:
+    ``accuracy`` and ``loss`` per real token."""
+    return _single(sequence_pointwise(), apply_fn, "sequence", num_classes, train_apply)
 
 
 def classification(apply_fn: Callable, num_classes: int, train_apply: Callable | None = None) -> Task:
@@ -239,9 +275,10 @@ def delta_m(method: jax.Array, base: jax.Array, mask: jax.Array, lower_is_better
     return 100.0 * jnp.sum(jnp.where(mask, rel, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-TASKS = ("auto", "classification", "regression_mse", "regression_mae")
+TASKS = ("auto", "classification", "sequence", "regression_mse", "regression_mae")
 
 __all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification", "count_key", "is_count",
            "classification_pointwise", "divide_metrics", "masked_cross_entropy", "masked_mean",
-           "delta_m", "multitask", "multitask_from_spec", "regression", "regression_pointwise",
+           "delta_m", "multitask", "multitask_from_spec", "regression", "regression_pointwise", "sequence",
+           "sequence_pointwise",
            "task_headlines", "with_apply"]

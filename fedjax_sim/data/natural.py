@@ -1,0 +1,274 @@
+"""Natural-client sources: federated EMNIST (``femnist``), Shakespeare (``shakespeare``) and
+CIFAR-100 (``cifar100_fed``) read from the files a user already has (``data.data_dir``), each
+client a real writer, speaking role or Pachinko allocation partition, with its natural
+train/test split.
+
+Which files (any one format per directory; `natural_files` names each format's origin):
+
+=============  ===========================================  ===================================
+dataset        FedJAX SQLite                                TensorFlow Federated SQLite
+=============  ===========================================  ===================================
+femnist        federated_emnist_{train,test}.sqlite         emnist_all.sqlite (all_train/all_test)
+shakespeare    shakespeare_{train,test}.sqlite              shakespeare.sqlite (train/test)
+cifar100_fed   federated_cifar100_{train,test}.sqlite       cifar100.sqlite (train/test)
+=============  ===========================================  ===================================
+
+``femnist`` and ``shakespeare`` also read LEAF's JSON (``train/`` and ``test/`` directories of
+``*.json``, LEAF's ``data/<dataset>/data``). Clients: the first ``data.num_clients`` in the
+format's own order (FedJAX: file order, whose ids start with 16 random hex digits; TFF and LEAF:
+ids sorted). Rows as FedJAX preprocesses them:
+
+* EMNIST ``x = 1 - pixels`` [28, 28, 1] (every format stores 1.0 as the background; FedJAX
+  trains on ink = 1), 62 classes;
+* Shakespeare: a role's snippets joined as BOS s EOS ..., cut into 80-token rows, x the tokens
+  and y the next ones (`snippet_sequences`), FedJAX's 86-character vocabulary + PAD, BOS, EOS,
+  OOV (90 classes); LEAF's stride-1 windows are first joined back into their text
+  (`leaf_snippets`);
+* CIFAR-100 ``image / 255`` [32, 32, 3], the 100 fine labels.
+
+A femnist or shakespeare client's test rows are its own (same writer or role); CIFAR-100's
+test split is partitioned into 100 clients unrelated to the 500 training clients, so its whole
+test split is the test pool and each client's test rows are drawn from it following its label
+mix (`partition.draw_client_tests`), as for pooled sources.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from fedjax_sim.data import natural_files as files
+from fedjax_sim.data.sources import Source
+from fedjax_sim.errors import ConfigError, DataUnavailableError
+
+
+class Layout(NamedTuple):
+    """Where one format keeps a dataset: file (or directory) names for train and test, and the
+    TFF split names (one file holds both)."""
+
+    format: str  # fedjax | tff | leaf
+    train: str
+    test: str
+    splits: tuple = ()
+
+
+class NaturalSpec(NamedTuple):
+    layouts: tuple  # [Layout], tried in order
+    num_classes: int
+    input_shape: tuple  # one row's x
+    features: dict  # format -> {raw feature: its flat per-example shape (TFF stores features flat)}
+    rows: Callable  # (raw features {name: [n, ...]}, format, where, client) -> (x [m, *input_shape] float32, y)
+    own_test: bool  # test clients are the training clients (else: the test split is a pool)
+    origin: str  # where the files come from (for the message when they are missing)
+    target_shape: tuple = ()  # one row's y: () class ids, (T,) token sequences
+
+
+def _image_rows(keys: tuple, shape: tuple, scale: float, invert: bool, leaf_keys: tuple = ("x", "y")) -> Callable:
+    """Rows of an image dataset: x = raw / scale (1 - that with ``invert``) [n, *shape], y = labels;
+    ``keys``: the (input, label) features of the SQLite formats, ``leaf_keys`` LEAF's."""
+    def rows(feats, fmt, where, client):
+        x_key, y_key = leaf_keys if fmt == "leaf" else keys
+        x, y = _feature(feats, x_key, where), _feature(feats, y_key, where).reshape(-1)
+        per = int(np.prod(shape))
+        if x.dtype == object or x.size != len(x) * per or (len(x) and np.asarray(x[0]).size != per):
+            raise files.DataFormatError(f"{where}: client {client!r}'s {x_key!r} has shape {list(x.shape)}, "
+                                        f"not [n, {', '.join(map(str, shape))}] ({per} values each)")
+        x = np.asarray(x, np.float32).reshape(-1, *shape) / scale
+        return (1.0 - x if invert else x), y
+    return rows
+
+
+# FedJAX's Shakespeare vocabulary (fedjax/datasets/shakespeare.py, from TFF's text generation
+# tutorial): byte vocab[i] -> 3 + i; PAD 0, BOS 1, EOS 2, every other byte OOV 89
+SHAKESPEARE_CHARS = (b"dhlptx@DHLPTX $(,048cgkoswCGKOSW[_#'/37;?bfjnrvzBFJNRVZ\"&*.26:\naeimquy"
+                     b"AEIMQUY]!%)-159\r")
+PAD, BOS, EOS = 0, 1, 2
+OOV = 3 + len(SHAKESPEARE_CHARS)
+SHAKESPEARE_TABLE = np.full(256, OOV, np.int32)
+SHAKESPEARE_TABLE[np.frombuffer(SHAKESPEARE_CHARS, np.uint8)] = 3 + np.arange(len(SHAKESPEARE_CHARS))
+SEQUENCE_LENGTH = 80
+
+
+def snippet_sequences(snippets, length: int = SEQUENCE_LENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """FedJAX's ``preprocess_client``: a client's snippets joined as BOS s1 EOS BOS s2 EOS ...,
+    then x = joined[:-1] and y = joined[1:], padded with PAD to a multiple of ``length`` and
+    cut into rows: (x [m, length] float32 token ids, y [m, length] int32)."""
+    parts = []
+    for s in snippets:
+        codes = SHAKESPEARE_TABLE[np.frombuffer(bytes(s), np.uint8)]
+        parts += [[BOS], codes, [EOS]]
+    joined = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    m = max(len(joined) - 1, 0)
+    padded = -(-m // length) * length
+    x, y = np.full(padded, PAD, np.int32), np.full(padded, PAD, np.int32)
+    x[:m], y[:m] = joined[:-1], joined[1:]
+    return x.reshape(-1, length).astype(np.float32), y.reshape(-1, length)
+
+
+def leaf_snippets(x: np.ndarray, y: np.ndarray) -> list:
+    """LEAF's Shakespeare rows are 80-character windows at stride 1 with the next character as
+    target; each run of consecutive windows is one stretch of text (window + the targets), which
+    becomes one snippet (LEAF had already joined a role's lines with spaces)."""
+    texts: list = []
+    for i, (window, nxt) in enumerate(zip(x, y)):
+        window, nxt = str(window), str(nxt)
+        if texts and i and str(x[i - 1])[1:] + str(y[i - 1]) == window:
+            texts[-1] += nxt
+        else:
+            texts.append(window + nxt)
+    return [t.encode("utf-8") for t in texts]
+
+
+def _shakespeare_rows(feats, fmt, where, client):
+    if fmt == "leaf":
+        snippets = leaf_snippets(_feature(feats, "x", where), _feature(feats, "y", where))
+    else:
+        snippets = _feature(feats, "snippets", where).reshape(-1)
+        if snippets.dtype != object:
+            raise files.DataFormatError(f"{where}: client {client!r}'s 'snippets' are {snippets.dtype}, not byte strings")
+    return snippet_sequences(snippets)
+
+
+GCS = "https://storage.googleapis.com"
+SPECS = {
+    "femnist": NaturalSpec(
+        (Layout("fedjax", "federated_emnist_train.sqlite", "federated_emnist_test.sqlite"),
+         Layout("tff", "emnist_all.sqlite", "emnist_all.sqlite", ("all_train", "all_test")),
+         Layout("leaf", "train", "test")),
+        62, (28, 28, 1), {"tff": {"pixels": (784,), "label": ()}},
+        _image_rows(("pixels", "label"), (28, 28, 1), 1.0, True), True,
+        f"FedJAX: {GCS}/gresearch/fedjax/emnist/federated_emnist_{{train,test}}.sqlite; TFF: "
+        f"{GCS}/tff-datasets-public/emnist_all.sqlite.lzma (unxz it); LEAF: data/femnist/data/{{train,test}} "
+        "after LEAF's preprocess.sh"),
+    "cifar100_fed": NaturalSpec(
+        (Layout("fedjax", "federated_cifar100_train.sqlite", "federated_cifar100_test.sqlite"),
+         Layout("tff", "cifar100.sqlite", "cifar100.sqlite", ("train", "test"))),
+        100, (32, 32, 3), {"tff": {"image": (3072,), "label": ()}},
+        _image_rows(("image", "label"), (32, 32, 3), 255.0, False), False,
+        f"TFF: {GCS}/tff-datasets-public/cifar100.sqlite.lzma (unxz it); FedJAX converts that file into "
+        "federated_cifar100_{train,test}.sqlite (fedjax.datasets.cifar100.load_data)"),
+    "shakespeare": NaturalSpec(
+        (Layout("fedjax", "shakespeare_train.sqlite", "shakespeare_test.sqlite"),
+         Layout("tff", "shakespeare.sqlite", "shakespeare.sqlite", ("train", "test")),
+         Layout("leaf", "train", "test")),
+        OOV + 1, (SEQUENCE_LENGTH,), {"tff": {"snippets": ()}}, _shakespeare_rows, True,
+        f"FedJAX: {GCS}/gresearch/fedjax/shakespeare/shakespeare_{{train,test}}.sqlite; TFF: "
+        f"{GCS}/tff-datasets-public/shakespeare.sqlite.lzma (unxz it); LEAF: data/shakespeare/data/{{train,test}} "
+        "after LEAF's preprocess.sh", (SEQUENCE_LENGTH,)),
+}
+
+
+def find_layout(name: str, data_dir: str) -> tuple[Layout, Path]:
+    """The first of the dataset's layouts present in ``data_dir`` (DataUnavailableError naming
+    every expected file and where it comes from when none is)."""
+    spec = SPECS[name]
+    if not data_dir:
+        raise ConfigError("data.data_dir", "", f"the directory holding {name}'s files ("
+                          + _expected(spec) + "; no download is attempted)")
+    root = Path(data_dir).expanduser()
+    for layout in spec.layouts:
+        if (root / layout.train).exists() and (root / layout.test).exists():
+            return layout, root
+    raise DataUnavailableError(f"data.data_dir={data_dir} holds none of {name}'s files: expected "
+                               f"{_expected(spec)}. They come from {spec.origin}")
+
+
+def _expected(spec: NaturalSpec) -> str:
+    def one(layout):
+        if layout.format == "leaf":
+            return "LEAF's train/ and test/ directories of *.json"
+        if layout.train == layout.test:
+            return f"{layout.train} (TensorFlow Federated)"
+        return f"{layout.train} and {layout.test} (FedJAX)"
+    return ", or ".join(one(layout) for layout in spec.layouts)
+
+
+def read_clients(name: str, layout: Layout, root: Path, num_clients: int) -> tuple[dict, dict]:
+    """({client: raw features} of the first ``num_clients`` training clients, the same of their
+    test rows, or of the whole test split when the dataset's test clients are not its training
+    clients). ConfigError when fewer clients exist."""
+    spec = SPECS[name]
+    train_path, test_path = root / layout.train, root / layout.test
+    if layout.format == "fedjax":
+        available = files.count_fedjax_clients(train_path)
+        _check_count(num_clients, available, train_path)
+        train = files.read_fedjax_sqlite(train_path, limit=num_clients)
+        test = files.read_fedjax_sqlite(test_path, ids=train if spec.own_test else None)
+    elif layout.format == "tff":
+        shapes = spec.features["tff"]
+        ids = files.tff_client_ids(train_path, layout.splits[0])
+        _check_count(num_clients, len(ids), f"{train_path} (split {layout.splits[0]})")
+        train = files.read_tff_sqlite(train_path, layout.splits[0], ids[:num_clients], shapes)
+        test_ids = ids[:num_clients] if spec.own_test else files.tff_client_ids(test_path, layout.splits[1])
+        test = files.read_tff_sqlite(test_path, layout.splits[1], test_ids, shapes)
+    else:
+        every = files.read_leaf_dir(train_path)
+        _check_count(num_clients, len(every), train_path)
+        train = dict(list(every.items())[:num_clients])
+        test = {u: rows for u, rows in files.read_leaf_dir(test_path).items() if u in train}
+    return train, test
+
+
+def _feature(feats: dict, key: str, where) -> np.ndarray:
+    if key not in feats:
+        raise files.DataFormatError(f"{where}: a client has no feature {key!r} (it has {sorted(feats)})")
+    return np.asarray(feats[key])
+
+
+def _check_count(requested: int, available: int, where) -> None:
+    if requested > available:
+        raise ConfigError("data.num_clients", requested, f"at most {available} (the clients in {where})")
+
+
+def load_natural(name: str, cfg: Any) -> Source:
+    """A natural-client `Source`: the first ``cfg.num_clients`` clients' training rows as the
+    train pool with ``client_ids`` 0..C-1 in the format's order, their test rows (or the whole
+    test split) as the test pool."""
+    spec = SPECS[name]
+    layout, root = find_layout(name, cfg.data_dir)
+    train, test = read_clients(name, layout, root, cfg.num_clients)
+    order = list(train)
+
+    def stack(raw: dict, clients: list, where: str):
+        xs, ys = [], []
+        for c in clients:
+            x, y = spec.rows(raw[c], layout.format, where, c)
+            if len(x) != len(y):
+                raise files.DataFormatError(f"{where}: client {c!r} has {len(x)} inputs and {len(y)} labels")
+            if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
+                raise files.DataFormatError(f"{where}: client {c!r} has labels outside [0, {spec.num_classes})")
+            xs.append(x)
+            ys.append(np.asarray(y, np.int32))
+        if not xs:
+            return (np.zeros((0, *spec.input_shape), np.float32), np.zeros((0, *spec.target_shape), np.int32),
+                    np.zeros(0, np.int64))
+        owner = np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(ys)])
+        return np.concatenate(xs), np.concatenate(ys), owner
+
+    x, y, client_ids = stack(train, order, str(root / layout.train))
+    if spec.own_test:
+        present = [c for c in order if c in test]
+        x_test, y_test, local = stack(test, present, str(root / layout.test))
+        index = {c: i for i, c in enumerate(order)}
+        test_ids = np.asarray([index[present[j]] for j in local], np.int64)
+    else:
+        x_test, y_test, _ = stack(test, list(test), str(root / layout.test))
+        test_ids = None
+    # sequences have no class strata: a zero stratum per row (validation splits stay per client)
+    strata = None if y.ndim == 1 else (np.zeros(len(y), np.int32), np.zeros(len(y_test), np.int32))
+    return Source(x, y, x_test, y_test, spec.num_classes, client_ids=client_ids, test_client_ids=test_ids,
+                  strata=None if strata is None else strata[0], test_strata=None if strata is None else strata[1])
+
+
+def loader(name: str) -> Callable:
+    def load(cfg: Any, rng: np.random.Generator) -> Source:
+        del rng  # the clients and their rows are the files'; nothing is drawn
+        return load_natural(name, cfg)
+
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"Natural-client `{name}` from data.data_dir (see `load_natural`)."
+    return load
+
+
+NATURAL_DATASETS = {name: loader(name) for name in SPECS}
