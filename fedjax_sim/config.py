@@ -132,6 +132,10 @@ class LocalConfig:
     steps: int = 0  # fixed local steps per round; 0 = use epochs
     clip_norm: float = 0.0  # global-norm gradient clipping; 0 = off
     formulation: str = "auto"  # auto | materialized | factored (low-rank deltas: dense nets, SGD/momentum)
+    # unequal clients in epoch mode: trim (each client runs only its own ceil(n/B) steps per epoch;
+    # a vmapped group runs its largest member's) | masked (every client runs the largest client's
+    # steps, the extra ones masked) | auto (trim); the same numbers either way
+    padding: str = "auto"
 
 
 @dataclasses.dataclass
@@ -694,6 +698,7 @@ def validate(cfg: Config) -> None:
     check(loc.clip_norm >= 0, "local.clip_norm", loc.clip_norm, "a number >= 0 (0 = off)")
     forms = ("auto", "materialized", "factored")
     check(loc.formulation in forms, "local.formulation", loc.formulation, "one of " + ", ".join(forms))
+    check(loc.padding in ("auto", "masked", "trim"), "local.padding", loc.padding, "one of auto, masked, trim")
     s = cfg.server
     check(s.lr > 0 and math.isfinite(s.lr), "server.lr", s.lr, "a finite number > 0")
     check(0 <= s.momentum < 1, "server.momentum", s.momentum, "a number in [0, 1)")
@@ -770,7 +775,7 @@ MAX_SEEDS = 10_000  # a run's seeds; more is a typo, not an experiment
 # partition); the rest name or observe the run without changing what is trained.
 NOT_GRIDDABLE = ("seed", "seeds", "algorithm", "out", "preset", "trials", "eval_every", "checkpoint", "checkpoint_every",
                  "tensorboard",
-                 "client_mapping", "chunk_size", "mesh_devices", "state_memory")
+                 "client_mapping", "chunk_size", "mesh_devices", "state_memory", "local.padding")
 NOT_GRIDDABLE_SECTIONS = ("data", "task")
 
 

@@ -90,6 +90,36 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
     return tasks_lib.regression(model.apply, name.split("_", 1)[1], model.train_apply)
 
 
+PADDING_COHORTS = 64  # random cohorts the expected padding waste averages over
+
+
+def padding_summary(prep: "Prepared") -> dict:
+    """``resolved.local_padding``: how unequal clients are padded (``masked`` | ``trim``, the one
+    place that decides: `Schedule.trim`, off for fixed steps and for the factored formulation,
+    whose cohort program steps all clients together) and the expected local steps run per
+    non-empty step of a round (`core.local.padding_waste` over random cohorts of the population's
+    sizes): ``waste`` as run, ``waste_masked`` had every client run the largest's steps. A
+    vmapped group (the whole cohort under vmap, a chunk, one client when sequential) runs its
+    largest member's steps."""
+    from fedjax_sim.core.local import padding_waste, trims
+
+    info, sched = prep.algorithm.info, prep.schedule
+    n = np.asarray(prep.data.n_train).reshape(-1, prep.data.num_clients)[0]  # seeds share sizes' shape
+    cohort = prep.config.cohort or len(n)
+    trim = trims(sched) and info.get("formulation") != "factored"
+    strategy, chunk = info.get("client_mapping"), info.get("chunk_size") or 0
+    group = {"sequential": 1, "chunked": chunk or cohort}.get(strategy, cohort)
+    if strategy == "sharded":  # each device maps its share with the inner mapping
+        group = chunk or -(-cohort // max(prep.mapping.mesh.size if prep.mapping.mesh is not None else 1, 1))
+    by_size = strategy == "chunked" or (strategy == "sharded" and chunk > 1)  # map_clients' sort_by
+    rng = np.random.default_rng(0)
+    draws = [n[rng.choice(len(n), cohort, replace=False)] for _ in range(PADDING_COHORTS)]
+    mean = lambda g, s=False: float(np.mean([padding_waste(d, sched, g, s) for d in draws]))  # noqa: E731
+    masked = mean(0)
+    return {"mode": "trim" if trim else "masked", "waste": mean(group, by_size) if trim else masked,
+            "waste_masked": masked}
+
+
 def is_sequence_data(data) -> bool:
     """Token sequences: class targets with a time axis (y [C, N, T]), e.g. Shakespeare."""
     return data.target_kind == "class" and len(data.target_shape) == 1
@@ -207,7 +237,7 @@ def prepare(cfg: config_lib.Config, data=None) -> Prepared:
     loc = cfg.local
     epochs = client_epochs(cfg, data)
     schedule = Schedule.make(data.max_train, loc.batch_size, loc.epochs if epochs is None else int(epochs.max()),
-                             loc.steps)
+                             loc.steps, trim=loc.padding != "masked")
     mapping = client_mapping(cfg.client_mapping, cfg.chunk_size,
                              "conv" if getattr(model, "convolutional", False) else "dense", cfg.mesh_devices)
     prep = Prepared(cfg, data, model, task, schedule, mapping, None, stats)

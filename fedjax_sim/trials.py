@@ -786,6 +786,7 @@ def point_summary(prep, seeds_trials: list, timing: dict, resolved: dict, data_d
 
 def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
     """config.json of a grid point: the config as run, plus what was resolved from it."""
+    from fedjax_sim import runner
     from fedjax_sim.data import MULTITASK_SOURCES, resolve_partition
 
     resolved = config_lib.to_dict(cfg)
@@ -799,6 +800,7 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
                             "data_placement": ("device" if prep.mapping.mesh is None else
                                                parallel.data_placement(prep.data.num_clients, prep.mapping.mesh)),
                             "processes": jax.process_count(),
+                            "local_padding": runner.padding_summary(prep),
                             "state_memory": {"memory": pg.state_memory[0], "reason": pg.state_memory[1]},
                             "trials": {"mode": pg.mode, "reason": pg.reason, "seeds": list(pg.group.seeds),
                                        "grid_points_in_program": len(pg.group.configs),

@@ -18,7 +18,7 @@ from fedjax_sim.core.cohort import DenseLayout, make_cohort_train
 from fedjax_sim.core.driver import count_compiles
 from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global
 from fedjax_sim.core.factored import make_factored_train
-from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.local import Schedule, make_local_train, padding_waste, size_order
 from fedjax_sim.core.mapping import ClientMapping, map_clients
 from fedjax_sim.core.optim import make_optimizer
 from fedjax_sim.core.sampling import gather, sample_cohort, scatter
@@ -99,18 +99,21 @@ LOCAL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("trim", [False, True])
 @pytest.mark.parametrize("strategy,chunk,opt_name,epochs,steps", LOCAL_CASES)
-def test_mapped_local_training_matches_python_loop(strategy, chunk, opt_name, epochs, steps):
+def test_mapped_local_training_matches_python_loop(strategy, chunk, opt_name, epochs, steps, trim):
     """make_local_train mapped over K=5 unequal clients (each from its own start) equals a
-    per-client Python loop with a hand-written SGD / momentum update on the same batches."""
+    per-client Python loop with a hand-written SGD / momentum update on the same batches;
+    ``trim``: each client loops over its own steps only, and a chunked mapping groups clients
+    by size (outputs back in the callers' order)."""
     data = make_data(train_sizes=(5, 9, 3, 7, 1), test_sizes=(1,) * 5)
     model = mlp(data.feature_shape, data.num_classes, (8,))
     lr, momentum = 0.2, 0.8
-    sched = Schedule.make(data.max_train, 4, epochs, steps)
+    sched = Schedule.make(data.max_train, 4, epochs, steps, trim=trim)
     opt = make_optimizer(opt_name, lr, momentum=momentum).transform
     task = tasks.classification(model.apply, data.num_classes)
     train = make_local_train(task.loss, opt, sched, data.max_train)
-    mapped = jax.jit(map_clients(train, (0, 0, 0, 0, 0), strategy, chunk))
+    mapped = jax.jit(map_clients(train, (0, 0, 0, 0, 0), strategy, chunk, sort_by=size_order(sched, 3)))
     k = data.num_clients
     params = mlp_params(clients=k)  # every client starts from its own model
     keys = jax.random.split(jax.random.PRNGKey(1), k)
@@ -132,6 +135,42 @@ def test_mapped_local_training_matches_python_loop(strategy, chunk, opt_name, ep
                                         params_of(start, trace), rtol=1e-5, atol=1e-5)
             # the learning rate is an injected array in the optimizer state (sweepable)
             np.testing.assert_allclose(new_opt[-1].hyperparams["learning_rate"], lr, rtol=1e-6)
+
+
+def test_trimmed_steps_equal_masked_steps_with_per_client_epochs():
+    """FedHCA2-style per-client epochs (at most the schedule's): the trimmed loop runs exactly the
+    masked scan's non-empty steps: same models, step counts, samples and mean loss."""
+    data = make_data(train_sizes=(5, 9, 3, 7), test_sizes=(1,) * 4)
+    model = mlp(data.feature_shape, data.num_classes, (8,))
+    task = tasks.classification(model.apply, data.num_classes)
+    opt = make_optimizer("momentum", 0.1, momentum=0.9).transform
+    params = mlp_params(clients=4)
+    keys = jax.random.split(jax.random.PRNGKey(2), 4)
+    epochs = jnp.array([3, 1, 2, 3])
+    out = {}
+    for trim in (False, True):
+        sched = Schedule.make(data.max_train, 2, 3, 0, trim=trim)
+        train = make_local_train(task.loss, opt, sched, data.max_train)
+        run = jax.vmap(lambda p, r, n, k, e: train(p, opt.init(p), r, n, k, None, e))
+        out[trim] = jax.jit(run)(params, data.train, data.n_train, keys, epochs)
+    chex.assert_trees_all_close(out[True][0], out[False][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out[True][2].steps, out[False][2].steps)
+    np.testing.assert_array_equal(out[True][2].steps, np.array([3, 1, 2, 3]) * -(-np.array([5, 9, 3, 7]) // 2))
+    np.testing.assert_array_equal(out[True][2].samples, out[False][2].samples)
+    np.testing.assert_allclose(out[True][2].loss, out[False][2].loss, rtol=1e-5)
+
+
+def test_padding_waste_by_hand():
+    """Steps run per non-empty step: sizes 10, 2, 4 in batches of 2 are 5, 1, 2 steps (8 real);
+    masked runs 5 each (15 / 8); trimmed in groups of 2: 2 x 5 + 1 x 2 (12 / 8), grouped by size
+    2 x 2 + 1 x 5 (9 / 8); one at a time 1."""
+    sched = Schedule.make(10, 2, 1, 0, trim=True)
+    n = np.array([10, 2, 4])
+    assert padding_waste(n, sched) == pytest.approx(15 / 8)
+    assert padding_waste(n, sched, 2) == pytest.approx(12 / 8)
+    assert padding_waste(n, sched, 2, by_size=True) == pytest.approx(9 / 8)
+    assert padding_waste(n, sched, 1) == pytest.approx(1.0)
+    assert size_order(Schedule.make(10, 2, 1, 5, trim=True), 3) is None  # fixed steps: nothing to trim
 
 
 def test_local_training_loss_statistic_is_mean_over_active_steps():

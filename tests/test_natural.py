@@ -213,6 +213,8 @@ def test_fedjax_run_on_femnist_files(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     resolved = json.loads((out / "config.json").read_text())["resolved"]
     assert resolved["partition"] == "natural"
+    # writers of 2-7 rows in batches of 16: one step each, so trimming wastes nothing here
+    assert resolved["local_padding"]["mode"] == "trim" and resolved["local_padding"]["waste"] == 1.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["train_per_client"]["total"] == 17 and summary["data"]["num_classes"] == 62
 
@@ -425,6 +427,11 @@ def test_shakespeare_refuses_other_models_and_tasks(setting, field, tmp_path, ca
     assert_config_error(capsys, rc, field, setting.split("=")[1])
 
 
+def test_bad_padding_mode_exits_2(tmp_path, capsys):
+    rc = cli.main(["run", "--rounds", "1", "--set", "local.padding=bucket", "--out", str(tmp_path / "run")])
+    assert_config_error(capsys, rc, "local.padding", "bucket")
+
+
 def test_char_lstm_refuses_image_data(tmp_path, capsys):
     rc = cli.main(["run", "--rounds", "1", "--set", "model.name=char_lstm", "--out", str(tmp_path / "run")])
     assert_config_error(capsys, rc, "model.name", "char_lstm")
@@ -450,3 +457,17 @@ def test_fedjax_experiment_configs_run_on_files_in_their_format(config, tmp_path
     cfg = json.loads((out / "config.json").read_text())
     expected = json.loads(path.read_text())
     assert cfg["local"]["lr"] == expected["local"]["lr"] and cfg["server"]["optimizer"] == expected["server"]["optimizer"]
+
+
+def test_fedjax_writer_round_trips_through_the_reader(tmp_path):
+    """natural_files.write_fedjax_sqlite (for one's own populations) writes what the reader and the
+    independent writer above agree on."""
+    clients = {"b": {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.array([b"a", b"bc"], dtype=object)},
+               "a": {"x": np.zeros((1, 3), np.float32), "s": np.array([b""], dtype=object)}}
+    natural_files.write_fedjax_sqlite(tmp_path / "mine.sqlite", clients)
+    write_fedjax(tmp_path / "ref.sqlite", clients)
+    mine, ref = (natural_files.read_fedjax_sqlite(tmp_path / f) for f in ("mine.sqlite", "ref.sqlite"))
+    assert list(mine) == list(ref) == ["b", "a"]
+    for c in clients:
+        np.testing.assert_array_equal(mine[c]["x"], clients[c]["x"])
+        assert list(mine[c]["s"]) == list(clients[c]["s"])

@@ -77,7 +77,7 @@ def _fedavg_family(ctx: BuildContext, name: str, prox_mu: float = 0.0, finetune_
     client_params = None
     if finetune_epochs > 0:
         opt = ctx.client_optimizer.transform
-        schedule = Schedule.make(ctx.max_n, ctx.batch_size, finetune_epochs, 0)
+        schedule = Schedule.make(ctx.max_n, ctx.batch_size, finetune_epochs, 0, trim=ctx.schedule.trim)
         tune = make_local_train(task.loss, opt, schedule, ctx.max_n)
         mapping = ctx.mapping.resolved()
         mapped = mapping.map(lambda p, r, n, k: tune(p, opt.init(p), r, n, k)[0], (None, 0, 0, 0))

@@ -47,7 +47,7 @@ from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
 from fedjax_sim.algorithms.common import client_weights, round_metrics
 from fedjax_sim.config import check
 from fedjax_sim.core.clients import on_device, replicate, update_cohort
-from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.local import Schedule, make_local_train, size_order
 from fedjax_sim.core.optim import lora_preconditioner
 from fedjax_sim.core.sampling import select_cohort
 from fedjax_sim.errors import ConfigError
@@ -179,7 +179,7 @@ def _mixture_algorithm(ctx: BuildContext, hp: FloralConfig, name: str, kind: str
     if router == "stateless":
         router_only = optax.multi_transform({"shared": optax.set_to_zero(), "components": optax.set_to_zero(),
                                              "router": optax.sgd(hp.router_lr)}, _labels)
-        schedule = Schedule.make(ctx.max_n, ctx.batch_size, hp.stateless_router_epochs, 0)
+        schedule = Schedule.make(ctx.max_n, ctx.batch_size, hp.stateless_router_epochs, 0, trim=ctx.schedule.trim)
         warm = make_local_train(train_loss, router_only, schedule, ctx.max_n)
 
         def fit_router(shared, components, rows, n, key):
@@ -196,7 +196,7 @@ def _mixture_algorithm(ctx: BuildContext, hp: FloralConfig, name: str, kind: str
 
     mapping = ctx.mapping.resolved()
     comp_axis = 0 if private else None
-    mapped = mapping.map(client, (None, comp_axis, 0, 0, 0, 0))
+    mapped = mapping.map(client, (None, comp_axis, 0, 0, 0, 0), size_order(ctx.schedule, 4))
     mapped_fit = None if fit_router is None else mapping.map(fit_router, (None, None, 0, 0, 0))
     srv = ctx.server_optimizer.transform
     components_agg = keep() if private else chain(mixture_mean(), server_optimizer(srv))

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
 from fedjax_sim.algorithms.common import round_metrics
 from fedjax_sim.core.clients import replicate, update_cohort
-from fedjax_sim.core.local import make_local_train
+from fedjax_sim.core.local import make_local_train, size_order
 from fedjax_sim.core.sampling import select_cohort
 
 
@@ -22,7 +22,7 @@ def local(ctx: BuildContext, hp=None) -> Algorithm:
     opt = ctx.client_optimizer.transform
     train = make_local_train(ctx.task.loss, opt, ctx.schedule, ctx.max_n)
     mapping = ctx.mapping.resolved()
-    mapped = mapping.map(train, (0, 0, 0, 0, 0))
+    mapped = mapping.map(train, (0, 0, 0, 0, 0), size_order(ctx.schedule, 3))
 
     def init(key, data):
         # one initialization replicated to every client, as personalized-FL codebases do

@@ -75,7 +75,7 @@ def fedrep(ctx: BuildContext, hp: FedRepConfig) -> Algorithm:
     shapes = require_body_head(ctx.model, "fedrep")
     base = ctx.client_optimizer.transform
     head_opt, body_opt = phase_optimizer(base, shapes, "head"), phase_optimizer(base, shapes, "body")
-    head_schedule = Schedule.make(ctx.max_n, ctx.batch_size, hp.head_epochs, 0)
+    head_schedule = Schedule.make(ctx.max_n, ctx.batch_size, hp.head_epochs, 0, trim=ctx.schedule.trim)
     train_head = make_local_train(ctx.task.loss, head_opt, head_schedule, ctx.max_n)
     train_body = make_local_train(ctx.task.loss, body_opt, ctx.schedule, ctx.max_n)
 

@@ -18,7 +18,7 @@ from fedjax_sim.aggregators import chain, mean, server_optimizer, weighted_mean
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
 from fedjax_sim.algorithms.common import client_weights, round_metrics
 from fedjax_sim.core.clients import update_cohort
-from fedjax_sim.core.local import make_local_train
+from fedjax_sim.core.local import make_local_train, size_order
 from fedjax_sim.core.optim import control_variates
 from fedjax_sim.core.sampling import select_cohort
 from fedjax_sim.errors import ConfigError
@@ -58,7 +58,7 @@ def scaffold(ctx: BuildContext, hp=None) -> Algorithm:
         c_new = jax.tree.map(lambda ci, cs, w0, w1: ci - cs + (w0 - w1) * scale, c_i, c, params, new)
         return jax.tree.map(jnp.subtract, new, params), c_new, stats
 
-    mapped = mapping.map(one, (None, None, 0, 0, 0, 0))
+    mapped = mapping.map(one, (None, None, 0, 0, 0, 0), size_order(ctx.schedule, 4))
 
     def init(key, data):
         params = ctx.model.init(key)

@@ -19,6 +19,7 @@ from fedjax_sim.aggregators import Aggregator, chain, mean, partition, server_op
 from fedjax_sim.algorithms.base import Algorithm, BuildContext
 from fedjax_sim.algorithms.common import client_weights, require_body_head, round_metrics
 from fedjax_sim.core.clients import replicate, update_cohort
+from fedjax_sim.core.local import size_order
 from fedjax_sim.core.sampling import select_cohort
 
 SPLIT_LABELS = {"body": "body", "head": "head"}
@@ -57,7 +58,7 @@ def make_split_algorithm(name: str, ctx: BuildContext, client_train: Callable, o
     aggregator = partition({"body": chain(mean(), server_optimizer(ctx.server_optimizer.transform)),
                             "head": head_aggregator}, SPLIT_LABELS)
     mapping = ctx.mapping.resolved()
-    mapped = mapping.map(client_train, (None, 0, 0, 0, 0, 0))
+    mapped = mapping.map(client_train, (None, 0, 0, 0, 0, 0), size_order(ctx.schedule, 4))
 
     def init(key, data):
         params = ctx.model.init(key)  # one initialization replicated to every client

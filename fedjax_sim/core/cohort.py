@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_sim.core.factored import make_factored_train
-from fedjax_sim.core.local import Schedule, make_local_train
+from fedjax_sim.core.local import Schedule, make_local_train, size_order
 from fedjax_sim.core.mapping import ClientMapping, factored_mapping
 from fedjax_sim.core.optim import OptimizerSpec, proximal, static_zero
 from fedjax_sim.errors import ConfigError
@@ -93,4 +93,5 @@ def make_cohort_train(task, layout: DenseLayout | None, optimizer: OptimizerSpec
             return jax.tree.map(jnp.subtract, new, params), stats
 
     info = {"formulation": form, "client_mapping": mapping.strategy, "chunk_size": mapping.chunk_size}
-    return mapping.map(one, (None if shared_base else 0, 0, 0, 0)), info
+    sort_by = None if form == "factored" else size_order(schedule, 2)
+    return mapping.map(one, (None if shared_base else 0, 0, 0, 0), sort_by), info

@@ -10,31 +10,79 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 
 Params = Any
 
 
+PADDING = ("masked", "trim")
+
+
 class Schedule(NamedTuple):
-    """Static shape of local training: S steps of batch B, E epochs (0 = fixed steps)."""
+    """Static shape of local training: S steps of batch B, E epochs (0 = fixed steps).
+
+    ``trim`` (epoch mode): a client runs only its own ceil(n / B) steps per epoch, a loop with a
+    per-client trip count, instead of all S with the rest masked. Mapped over clients, a vmapped
+    group runs as many steps as its largest member, so one client at a time wastes nothing and a
+    chunk wastes what its sizes differ by. The numbers are the same: the steps it skips are
+    no-ops (`padding_waste` measures what masking costs)."""
 
     batch_size: int
     num_steps: int
     epochs: int
+    trim: bool = False
 
     @staticmethod
-    def make(max_n: int, batch_size: int, epochs: int, steps: int) -> "Schedule":
+    def make(max_n: int, batch_size: int, epochs: int, steps: int, trim: bool = False) -> "Schedule":
         """``steps > 0``: fixed steps; else ``epochs`` passes over each client's data.
 
         In epoch mode S = epochs * ceil(max_n / B); a client with n < max_n has fewer non-empty
-        steps (ceil(n / B) per epoch), the rest are masked no-ops. The last batch of an epoch
-        may be partial (no drop_last): its loss is the mean over its valid rows.
+        steps (ceil(n / B) per epoch), the rest are masked no-ops (or skipped: ``trim``). The
+        last batch of an epoch may be partial (no drop_last): its loss is the mean over its
+        valid rows.
         """
         batch_size = min(batch_size, max_n) if steps == 0 else batch_size
         if steps > 0:
             return Schedule(batch_size, steps, 0)
-        return Schedule(batch_size, epochs * math.ceil(max_n / batch_size), epochs)
+        return Schedule(batch_size, epochs * math.ceil(max_n / batch_size), epochs, trim)
+
+
+def trims(schedule: Schedule) -> bool:
+    """Whether clients run only their own steps (`Schedule.trim`; epoch mode only)."""
+    return schedule.trim and schedule.epochs > 0
+
+
+def size_order(schedule: Schedule, position: int) -> int | None:
+    """`core.mapping.map_clients`'s ``sort_by`` for a client program whose row count ``n`` is
+    argument ``position``: group clients by size where the schedule trims (else None)."""
+    return position if trims(schedule) else None
+
+
+def client_steps(n, schedule: Schedule, epochs=None):
+    """The non-empty local steps of clients with ``n`` rows (numpy or jax, any shape): E *
+    ceil(n / B) in epoch mode (``epochs``: per-client epoch counts, at most E), S with fixed
+    steps."""
+    if schedule.epochs == 0:
+        return n * 0 + schedule.num_steps
+    e = schedule.epochs if epochs is None else epochs
+    return e * (-(-n // schedule.batch_size))
+
+
+def padding_waste(n, schedule: Schedule, group: int = 0, by_size: bool = False) -> float:
+    """Local steps run per non-empty step, over clients with ``n`` [K] rows: masked padding
+    runs S for every client (``group`` 0); trimmed, a group of ``group`` clients mapped together
+    runs its largest member's count (1: one at a time, no waste), in the given order or, with
+    ``by_size``, grouped by size (`core.mapping.map_clients`'s ``sort_by``). 1.0 = no waste."""
+    steps = np.asarray(client_steps(np.asarray(n), schedule), np.float64)
+    real = max(float(steps.sum()), 1.0)
+    if group <= 0:
+        return len(steps) * schedule.num_steps / real
+    if by_size:
+        steps = np.sort(steps)
+    chunks = [steps[i:i + group] for i in range(0, len(steps), group)]
+    return sum(len(c) * c.max() for c in chunks) / real
 
 
 def batch_indices(key: jax.Array, n: jax.Array, max_n: int, schedule: Schedule):
@@ -144,8 +192,27 @@ def make_local_train(loss_fn: Callable, optimizer: optax.GradientTransformation,
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
             return (keep(new_params, params), keep(new_opt, opt_state)), (loss * active, active)
 
+        if trims(schedule):
+            return _trimmed(step, params, opt_state, idx, mask, step_keys, n, epochs)
         (params, opt_state), (losses, active) = jax.lax.scan(
             step, (params, opt_state), (idx, mask, step_keys))
         return params, opt_state, summarize(losses, active, mask)
+
+    def _trimmed(step, params, opt_state, idx, mask, step_keys, n, epochs):
+        """The same steps as the masked scan, only the non-empty ones: step j of the client's
+        own count is epoch j // m, batch j % m of it (m = ceil(n / B)), schedule row
+        (j // m) * S_e + j % m, with that row's batch, mask and key."""
+        per_epoch = schedule.num_steps // schedule.epochs
+        own = jnp.minimum(client_steps(n, schedule._replace(epochs=1)), per_epoch)
+        total = own * (schedule.epochs if epochs is None else jnp.minimum(epochs, schedule.epochs))
+
+        def body(j, carry):
+            params, opt_state, loss_sum = carry
+            t = (j // jnp.maximum(own, 1)) * per_epoch + j % jnp.maximum(own, 1)
+            (params, opt_state), (loss, _) = step((params, opt_state), (idx[t], mask[t], step_keys[t]))
+            return params, opt_state, loss_sum + loss
+
+        params, opt_state, loss_sum = jax.lax.fori_loop(0, total, body, (params, opt_state, jnp.zeros(())))
+        return params, opt_state, LocalStats(loss_sum / jnp.maximum(total, 1), total, jnp.sum(mask))
 
     return train

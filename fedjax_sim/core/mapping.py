@@ -61,10 +61,10 @@ class ClientMapping(NamedTuple):
         return self._replace(**dict(zip(("strategy", "chunk_size"),
                                          resolve(self.strategy, self.chunk_size, kind=self.kind))))
 
-    def map(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
+    def map(self, fn: Callable, in_axes: Sequence[int | None], sort_by: int | None = None) -> Callable:
         """`map_clients` with this mapping (resolved first)."""
         m = self.resolved()
-        return map_clients(fn, in_axes, m.strategy, m.chunk_size, m.mesh)
+        return map_clients(fn, in_axes, m.strategy, m.chunk_size, m.mesh, sort_by)
 
 # Measured defaults (docs/performance.md, scripts/mapping_sweep.py).
 KINDS = ("dense", "conv")
@@ -131,19 +131,25 @@ def resolve(strategy: str, chunk_size: int, backend: str | None = None,
 
 
 def map_clients(fn: Callable, in_axes: Sequence[int | None], strategy: str = "vmap",
-                chunk_size: int = 0, mesh=None) -> Callable:
+                chunk_size: int = 0, mesh=None, sort_by: int | None = None) -> Callable:
     """Maps ``fn`` over axis 0 of the arguments whose ``in_axes`` entry is 0.
 
     Arguments with ``None`` are shared by every client (e.g. the global model). Outputs are
     stacked on a new leading client axis in every strategy, so callers never know which ran.
     ``sharded`` needs ``mesh``; its ``chunk_size`` is each device's (0 = vmap).
+
+    ``sort_by``: the position of a per-client [K] argument (e.g. the row counts ``n``) by which
+    ``chunked`` groups clients: they are mapped in ascending order of it and the outputs put back
+    in the callers' order, so a chunk holds clients of similar size and a loop whose trip count
+    depends on it (`core.local.Schedule.trim`) runs near each member's own count. Only the
+    grouping changes, not what any client computes.
     """
     in_axes = tuple(in_axes)
     if strategy == "sharded":
         if mesh is None:
             raise ValueError("the sharded client mapping needs a mesh (fedjax_sim.parallel.client_mesh)")
         inner = "vmap" if chunk_size == 0 else ("sequential" if chunk_size == 1 else "chunked")
-        return _sharded(map_clients(fn, in_axes, inner, chunk_size), in_axes, mesh)
+        return _sharded(map_clients(fn, in_axes, inner, chunk_size, sort_by=sort_by), in_axes, mesh)
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
     if strategy not in ("chunked", "sequential"):
@@ -160,7 +166,11 @@ def map_clients(fn: Callable, in_axes: Sequence[int | None], strategy: str = "vm
             full = [next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]
             return fn(*full)
 
-        return jax.lax.map(one, per_client, batch_size=None if batch == 1 else batch)
+        if sort_by is None or batch == 1:
+            return jax.lax.map(one, per_client, batch_size=None if batch == 1 else batch)
+        order = jnp.argsort(args[sort_by], stable=True)
+        out = jax.lax.map(one, jax.tree.map(lambda a: a[order], per_client), batch_size=batch)
+        return jax.tree.map(lambda a: a[jnp.argsort(order)], out)
 
     return mapped
 

@@ -109,6 +109,34 @@ def read_fedjax_sqlite(path: Path, limit: int | None = None, ids: Iterable[str] 
         conn.close()
 
 
+def write_fedjax_sqlite(path: Path, clients: dict) -> None:
+    """Writes ``{client id: {feature: ndarray [n, ...]}}`` as a FedJAX SQLite file, in this order
+    (numeric arrays and object arrays of bytes): e.g. a population of one's own for the natural
+    sources, or test files (tests/test_natural.py checks the reader against its own writer)."""
+    import msgpack
+
+    def ext(obj):
+        if isinstance(obj, np.ndarray) and obj.dtype == object:
+            return msgpack.ExtType(_EXT_OBJECT_NDARRAY, msgpack.packb((obj.shape, list(obj.reshape(-1))),
+                                                                      use_bin_type=True))
+        if isinstance(obj, np.ndarray):
+            return msgpack.ExtType(_EXT_NDARRAY, msgpack.packb((obj.shape, obj.dtype.name, obj.tobytes("C")),
+                                                               use_bin_type=True))
+        raise TypeError(f"FedJAX's format holds numpy arrays, not {type(obj).__name__}")
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"CREATE TABLE {FEDJAX_TABLE} (client_id BLOB NOT NULL PRIMARY KEY, data BLOB NOT NULL, "
+                     "num_examples INTEGER NOT NULL)")
+        for cid, feats in clients.items():
+            blob = zlib.compress(msgpack.packb(feats, default=ext, strict_types=True))
+            conn.execute(f"INSERT INTO {FEDJAX_TABLE} VALUES (?, ?, ?)",
+                         (str(cid).encode(), blob, len(next(iter(feats.values())))))
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def count_fedjax_clients(path: Path) -> int:
     conn = _connect(path)
     try:
@@ -213,19 +241,25 @@ def read_tff_sqlite(path: Path, split: str, ids: Iterable[str], shapes: dict) ->
     """Clients ``ids`` of ``split`` in a TFF SQLite file: {id: {feature: ndarray [n, *shape]}};
     ``shapes``: the features to keep and each one's per-example shape (TFF stores them flat)."""
     conn = _connect(path)
-    out = {}
+    ids = list(ids)
+    wanted = set(ids)
+    rows_of: dict = {cid: [] for cid in ids}
     try:
         _check_tff(conn, path)
+        # one pass over the split in write order (the files need not have an index on client_id)
+        for cid, blob in conn.execute("SELECT client_id, serialized_example_proto FROM examples "
+                                      "WHERE split_name = ? ORDER BY rowid", (split,)):
+            cid = cid.decode("utf-8") if isinstance(cid, bytes) else str(cid)
+            if cid not in wanted:
+                continue
+            try:
+                rows_of[cid].append(decode_tf_example(blob))
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+                raise DataFormatError(f"{path}: a row of client {cid!r} is not a serialized tf.train.Example "
+                                      f"({type(e).__name__})") from None
+        out = {}
         for cid in ids:
-            rows = conn.execute("SELECT serialized_example_proto FROM examples WHERE split_name = ? AND "
-                                "client_id = ? ORDER BY rowid", (split, cid)).fetchall()
-            examples = []
-            for (blob,) in rows:
-                try:
-                    examples.append(decode_tf_example(blob))
-                except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-                    raise DataFormatError(f"{path}: a row of client {cid!r} is not a serialized tf.train.Example "
-                                          f"({type(e).__name__})") from None
+            examples = rows_of[cid]
             feats = {}
             for name, shape in shapes.items():
                 try:
