@@ -77,7 +77,7 @@ def _time(fn, repeats: int) -> list[float]:
 
 
 def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), classes: int = 10,
-          clients: int = 1000, cohort: int = 100, examples_per_client: int = 64,
+          clients: int = 1000, cohort: int | None = None, examples_per_client: int = 64,
           batch_size: int = 16, local_epochs: int = 1, lr: float = 0.05, rounds: int = 5,
           repeats: int = 5, client_mapping: str = "auto", chunk_size: int = 0, mesh_devices: int = 0,
           formulation: str = "auto", seed: int = 0, optimizer: str = "sgd",
@@ -88,6 +88,7 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
     training on the same samples. ``state_memory``: where a stateful algorithm's per-client
     store lives (device | host: pinned host memory, the cohort's rows moved each round).
     ConfigError (naming the flag) for a bad workload, before anything compiles."""
+    cohort = min(100, clients) if cohort is None else cohort  # the default fits any population
     if algorithm not in BENCH_ALGORITHMS:
         raise ConfigError("--algorithm", algorithm, "one of " + ", ".join(BENCH_ALGORITHMS))
     if state_memory not in ("device", "host"):
@@ -202,7 +203,8 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
                                                  for a in jax.tree.leaves(getattr(state, f)))),
                    # measured: where the store's arrays are after the timed calls
                    "state_memory": "host" if any(in_host_memory(a) for f in alg.client_store
-                                                 for a in jax.tree.leaves(getattr(state, f))) else "device"},
+                                                 for a in jax.tree.leaves(getattr(state, f))) else "device",
+                   "state_memory_reason": "requested" if alg.client_store else "no per-client store"},
         "engine": {"algorithm": algorithm, "client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
                    "devices": 1 if mesh is None else mesh.size,
                    "data_placement": "device" if mesh is None else parallel.data_placement(clients, mesh),

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hidden", default="200,200")
     b.add_argument("--classes", type=int, default=10)
     b.add_argument("--clients", type=int, default=1000)
-    b.add_argument("--cohort", type=int, default=100)
+    b.add_argument("--cohort", type=int, default=None, help="clients per round (default 100, at most --clients)")
     b.add_argument("--examples-per-client", type=int, default=64)
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--local-epochs", type=int, default=1)

@@ -91,7 +91,7 @@ class DataConfig:
     # (`FederatedData.public`; --generative fedgc): never any client's data, never test data
     public_fraction: float = 0.0
     # TFDS data_dir ("" = TFDS default), or the directory holding a natural dataset's files
-    # (femnist, cifar100_fed: FedJAX / TensorFlow Federated SQLite, LEAF JSON; docs/datasets.md)
+    # (femnist, shakespeare, cifar100_fed: FedJAX / TensorFlow Federated SQLite, LEAF JSON; docs/datasets.md)
     data_dir: str = ""
     seed: int = -1  # partition seed; -1 = the run seed
 

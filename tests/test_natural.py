@@ -471,3 +471,34 @@ def test_fedjax_writer_round_trips_through_the_reader(tmp_path):
     for c in clients:
         np.testing.assert_array_equal(mine[c]["x"], clients[c]["x"])
         assert list(mine[c]["s"]) == list(clients[c]["s"])
+
+
+@pytest.mark.parametrize("case", ["only_train", "leaf_without_test", "not_a_dir", "missing", "pixels_0_255"])
+def test_incomplete_or_misplaced_files_name_what_is_wrong(case, tmp_path, capsys):
+    train, test = _writers()
+    data_dir, expect = tmp_path / "d", ""
+    data_dir.mkdir()
+    if case == "only_train":
+        write_fedjax(data_dir / "federated_emnist_train.sqlite", train)
+        expect = "federated_emnist_test.sqlite"
+    elif case == "leaf_without_test":
+        write_leaf(data_dir / "train", {c: {"x": f["pixels"].reshape(len(f["label"]), -1), "y": f["label"]}
+                                        for c, f in train.items()})
+        expect = "not test"
+    elif case == "not_a_dir":
+        data_dir = tmp_path / "file.txt"
+        data_dir.write_text("x")
+        expect = "is not a directory"
+    elif case == "missing":
+        data_dir, expect = tmp_path / "nowhere", "does not exist"
+    else:
+        write_fedjax(data_dir / "federated_emnist_train.sqlite",
+                     {c: {"pixels": f["pixels"] * 255, "label": f["label"]} for c, f in train.items()})
+        write_fedjax(data_dir / "federated_emnist_test.sqlite", test)
+        expect = "not [0, 1]"
+    out = tmp_path / "run"
+    rc = cli.main(["run", "--dataset", "femnist", "--clients", "2", "--set", f"data.data_dir={data_dir}",
+                   "--rounds", "1", "--out", str(out)])
+    line = assert_config_error(capsys, rc, "data.data_dir" if case != "pixels_0_255" else "pixels", "")
+    assert expect in line, line
+    assert not out.exists()

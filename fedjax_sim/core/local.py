@@ -207,12 +207,14 @@ def make_local_train(loss_fn: Callable, optimizer: optax.GradientTransformation,
         total = own * (schedule.epochs if epochs is None else jnp.minimum(epochs, schedule.epochs))
 
         def body(j, carry):
-            params, opt_state, loss_sum = carry
+            params, opt_state, losses = carry
             t = (j // jnp.maximum(own, 1)) * per_epoch + j % jnp.maximum(own, 1)
             (params, opt_state), (loss, _) = step((params, opt_state), (idx[t], mask[t], step_keys[t]))
-            return params, opt_state, loss_sum + loss
+            return params, opt_state, losses.at[t].set(loss)
 
-        params, opt_state, loss_sum = jax.lax.fori_loop(0, total, body, (params, opt_state, jnp.zeros(())))
-        return params, opt_state, LocalStats(loss_sum / jnp.maximum(total, 1), total, jnp.sum(mask))
+        # the losses land where the masked scan puts them, so the mean sums in the same order
+        losses = jnp.zeros(schedule.num_steps, jnp.float32)
+        params, opt_state, losses = jax.lax.fori_loop(0, total, body, (params, opt_state, losses))
+        return params, opt_state, LocalStats(jnp.sum(losses) / jnp.maximum(total, 1), total, jnp.sum(mask))
 
     return train

@@ -19,8 +19,12 @@ from fedjax_sim.core.mapping import ClientMapping
 
 def per_row_loss(metrics_fn: Callable, params, rows: dict) -> jax.Array:
     """[N] the task's loss of each row (leaves [N, ...]) under ``params``, through the task's
-    ``metrics`` protocol on one-row batches (works for any single- or multi-output task)."""
-    one = lambda r: metrics_fn(params, {**jax.tree.map(lambda a: a[None], r), "mask": jnp.ones(1, bool)})["loss"]  # noqa: E731
+    ``metrics`` protocol on one-row batches (works for any single- or multi-output task): the
+    loss sum over the row's count, i.e. a sequence row's mean token loss, whatever its length."""
+    def one(r):
+        m = metrics_fn(params, {**jax.tree.map(lambda a: a[None], r), "mask": jnp.ones(1, bool)})
+        return m["loss"] / jnp.maximum(m.get("count", 1.0), 1.0)
+
     return jax.vmap(one)(rows)
 
 

@@ -74,7 +74,11 @@ def _image_rows(keys: tuple, shape: tuple, scale: float, invert: bool, leaf_keys
         if x.dtype == object or x.size != len(x) * per or (len(x) and np.asarray(x[0]).size != per):
             raise files.DataFormatError(f"{where}: client {client!r}'s {x_key!r} has shape {list(x.shape)}, "
                                         f"not [n, {', '.join(map(str, shape))}] ({per} values each)")
-        x = np.asarray(x, np.float32).reshape(-1, *shape) / scale
+        x = np.asarray(x, np.float32).reshape(-1, *shape)
+        if x.size and (x.min() < 0 or x.max() > scale):
+            raise files.DataFormatError(f"{where}: client {client!r}'s {x_key!r} ranges over [{x.min():g}, "
+                                        f"{x.max():g}], not [0, {scale:g}] as the format stores it")
+        x = x / scale
         return (1.0 - x if invert else x), y
     return rows
 
@@ -167,9 +171,18 @@ def find_layout(name: str, data_dir: str) -> tuple[Layout, Path]:
         raise ConfigError("data.data_dir", "", f"the directory holding {name}'s files ("
                           + _expected(spec) + "; no download is attempted)")
     root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataUnavailableError(f"data.data_dir={data_dir} {'is not a directory' if root.exists() else 'does not exist'}"
+                                   f": expected a directory holding {name}'s files ({_expected(spec)})")
     for layout in spec.layouts:
-        if (root / layout.train).exists() and (root / layout.test).exists():
+        present = [(root / f).exists() for f in (layout.train, layout.test)]
+        if all(present):
             return layout, root
+        if any(present):  # half a set: name the missing half
+            missing = layout.test if present[0] else layout.train
+            raise DataUnavailableError(f"data.data_dir={data_dir} has {layout.test if present[1] else layout.train} "
+                                       f"but not {missing}, which {name}'s {layout.format} files come with "
+                                       f"(from {spec.origin})")
     raise DataUnavailableError(f"data.data_dir={data_dir} holds none of {name}'s files: expected "
                                f"{_expected(spec)}. They come from {spec.origin}")
 

@@ -294,5 +294,5 @@ def read_leaf_dir(directory: Path) -> dict:
                 merged[str(user)] = {"x": np.asarray(rows["x"]), "y": np.asarray(rows["y"])}
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise DataFormatError(f"{path} is not LEAF JSON ({type(e).__name__}: {e}; expected "
-                                  "{{\"users\", \"num_samples\", \"user_data\": {{user: {{\"x\", \"y\"}}}}}})") from None
+                                  '{"users", "num_samples", "user_data": {user: {"x", "y"}}})') from None
     return {u: merged[u] for u in sorted(merged)}
