@@ -390,6 +390,27 @@ def test_update_cohort_matches_python_loop_in_device_and_host_memory(memory, out
     np.testing.assert_allclose(np.asarray(sums), ref_sums, rtol=1e-5)
 
 
+def test_host_store_shared_by_vmapped_trials():
+    """One host-memory store [C, ...] under trials with their own cohorts: each trial reads its
+    rows from it and gets its own copy with its rows written (what vmap means for a shared
+    operand)."""
+    from fedjax_sim import parallel
+    from fedjax_sim.core.clients import gather_cohort, update_cohort
+
+    base = np.arange(12.0, dtype=np.float32).reshape(6, 2)
+    store = jax.device_put(base, parallel.one_device().with_memory_kind("pinned_host"))
+    idx = jnp.array([[0, 3], [5, 1], [2, 2]])
+    rows = jax.jit(jax.vmap(gather_cohort, in_axes=(None, 0)))(store, idx)
+    np.testing.assert_array_equal(rows, base[np.asarray(idx)])
+    step = lambda s, i: update_cohort(s, i, lambda c: (c * 10, jnp.sum(c)))  # noqa: E731
+    out, sums = jax.jit(jax.vmap(step, in_axes=(None, 0)))(store, idx)
+    for t, ids in enumerate(np.asarray(idx)):
+        ref = base.copy()
+        ref[ids] = base[ids] * 10
+        np.testing.assert_array_equal(out[t], ref)
+        assert float(sums[t]) == base[ids].sum()
+
+
 # --------------------------------------------------------------------------------------------
 # evaluation
 

@@ -74,15 +74,19 @@ def _scatter_rows(a: jax.Array, idx: jax.Array, values: jax.Array) -> jax.Array:
 
 
 def _trial_axis(axis_size: int, batched, *args):
-    """Batching rule helper: the store must carry the trial axis (it is per-trial state); the
-    index and values get it by broadcasting (cheap: device arrays of the cohort's size)."""
-    if not batched[0]:
-        raise NotImplementedError("a host-memory client store shared by vmapped trials")
+    """Batching rule helper: every argument gets the trial axis, the unbatched ones by
+    broadcasting (the index and values: device arrays of the cohort's size; a store shared by
+    the trials: a copy per trial, which is what writing to it per trial means)."""
     return [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, batched)]
 
 
 @_gather_rows.def_vmap
 def _gather_rows_vmap(axis_size, in_batched, a, idx):
+    if not in_batched[0]:  # one store read by every trial: its rows for all trials' indices at once
+        ids = jnp.moveaxis(idx, 0, -2)  # [*B, T, K]
+        flat = _gather_rows(a, ids.reshape(*ids.shape[:-2], -1))  # [*B, T*K, ...]
+        rows = flat.reshape(*ids.shape, *flat.shape[ids.ndim - 1:])  # [*B, T, K, ...]
+        return jnp.moveaxis(rows, ids.ndim - 2, 0), True
     return _gather_rows(*_trial_axis(axis_size, in_batched, a, idx)), True
 
 
