@@ -13,13 +13,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-
 from conftest import assert_config_error
+
 from fedjax_sim import cli
-from fedjax_sim.data import build_federated
-from fedjax_sim.data.natural import load_natural
-from fedjax_sim.data import natural_files
 from fedjax_sim.config import DataConfig
+from fedjax_sim.data import build_federated, natural_files
+from fedjax_sim.data.natural import load_natural
 from fedjax_sim.errors import ConfigError, DataUnavailableError
 
 # --------------------------------------------------------------------------------------------
@@ -296,8 +295,15 @@ def test_natural_datasets_refuse_pooled_partitions(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Shakespeare: snippets -> 80-token rows, the sequence task, the character LSTM
 
-from fedjax_sim.data.natural import (BOS, EOS, OOV, PAD, SHAKESPEARE_CHARS, leaf_snippets,  # noqa: E402
-                                     snippet_sequences)
+from fedjax_sim.data.natural import (  # noqa: E402
+    BOS,
+    EOS,
+    OOV,
+    PAD,
+    SHAKESPEARE_CHARS,
+    leaf_snippets,
+    snippet_sequences,
+)
 
 
 def _ref_sequences(snippets, length):

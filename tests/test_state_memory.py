@@ -8,13 +8,12 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import assert_config_error
 
 import fedjax_sim
 from fedjax_sim import cli, trials
 from fedjax_sim.core.clients import in_host_memory
 from fedjax_sim.errors import ConfigError
-
-from conftest import assert_config_error
 
 STATEFUL = {  # algorithm -> the state fields that are its per-client store
     "scaffold": ("client_control",), "local": ("params", "opt"), "fedper": ("clients",),

@@ -10,8 +10,8 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Params = Any

@@ -242,6 +242,27 @@ def _split(widths: Sequence[int], head_layers: int):
     return list(widths[: len(widths) - head_layers]), list(widths[len(widths) - head_layers:])
 
 
+def split_functions(body: nn.Module, head: nn.Module, body_sample, head_sample):
+    """(init, apply, body_apply, head_apply) of a body/head pair of Flax modules (`Model`):
+    params ``{"body", "head"}``, each initialized on its sample input."""
+    def init(key):
+        kb, kh = jax.random.split(key)
+        # a body without layers (every dense layer in the head) has no "params" collection
+        return {"body": body.init(kb, body_sample).get("params", {}),
+                "head": head.init(kh, head_sample).get("params", {})}
+
+    def body_apply(p, x):
+        return body.apply({"params": p}, x)
+
+    def head_apply(p, f):
+        return head.apply({"params": p}, f)
+
+    def apply(p, x):
+        return head_apply(p["head"], body_apply(p["body"], x))
+
+    return init, apply, body_apply, head_apply
+
+
 def make_classifier(name: str, feature_shape: tuple[int, ...], num_classes: int,
                     conv_channels: Sequence[int] = (), kernel: int = 3, padding: str = "SAME",
                     dense_widths: Sequence[int] = (), head_layers: int = 1, conv: str = "auto",
@@ -262,20 +283,8 @@ def make_classifier(name: str, feature_shape: tuple[int, ...], num_classes: int,
     feature_dim = int(jax.eval_shape(lambda: body.init_with_output(
         jax.random.PRNGKey(0), sample)[0]).shape[-1])
 
-    def init(key):
-        kb, kh = jax.random.split(key)
-        # a body without layers (every dense layer in the head) has no "params" collection
-        return {"body": body.init(kb, sample).get("params", {}),
-                "head": head.init(kh, jnp.zeros((1, feature_dim), jnp.float32)).get("params", {})}
-
-    def body_apply(p, x):
-        return body.apply({"params": p}, x)
-
-    def head_apply(p, f):
-        return head.apply({"params": p}, f)
-
-    def apply(p, x):
-        return head_apply(p["head"], body_apply(p["body"], x))
+    init, apply, body_apply, head_apply = split_functions(body, head, sample,
+                                                          jnp.zeros((1, feature_dim), jnp.float32))
 
     def train_apply(p, x, key):
         kb, kh = jax.random.split(key)

@@ -12,10 +12,9 @@ otherwise match.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from fedjax_sim.models.classifiers import Model
+from fedjax_sim.models.classifiers import Model, split_functions
 
 DESCRIPTION = ("FedJAX's Shakespeare character LSTM: embed 8, 2 x LSTM 256 (+tanh), per-token logits "
                "(token-sequence data only)")
@@ -40,20 +39,6 @@ def char_lstm(feature_shape, num_classes: int, embed_size: int = 8, hidden: int 
     float or int) -> logits [B, T, num_classes]."""
     body = LSTMBody(num_classes, embed_size, hidden, layers)
     head = nn.Dense(num_classes)
-    sample = jnp.zeros((1, *feature_shape), jnp.int32)
-
-    def init(key):
-        kb, kh = jax.random.split(key)
-        return {"body": body.init(kb, sample)["params"],
-                "head": head.init(kh, jnp.zeros((1, 1, hidden), jnp.float32))["params"]}
-
-    def body_apply(p, x):
-        return body.apply({"params": p}, x)
-
-    def head_apply(p, f):
-        return head.apply({"params": p}, f)
-
-    def apply(p, x):
-        return head_apply(p["head"], body_apply(p["body"], x))
-
+    init, apply, body_apply, head_apply = split_functions(body, head, jnp.zeros((1, *feature_shape), jnp.int32),
+                                                          jnp.zeros((1, 1, hidden), jnp.float32))
     return Model("char_lstm", init, apply, body_apply, head_apply, hidden, False, num_classes)
