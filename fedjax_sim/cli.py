@@ -524,10 +524,11 @@ def cmd_list(a) -> int:
           + ", ".join(MULTITASK_SOURCES))
     print("partitions:\n  " + ", ".join(all_partitions()))
     from fedjax_sim.models.classifiers import DROPOUT_MODELS, MODEL_DESCRIPTIONS
+    from fedjax_sim.models.bow import DESCRIPTION as BOW_DESCRIPTION
     from fedjax_sim.models.sequence import DESCRIPTION as SEQUENCE_DESCRIPTION
     print("models (model.name; auto: cnn for grayscale images >= 16x16, cifar_cnn for colour, char_lstm for "
-          "token sequences, mlp otherwise; [model.dropout]: has optional dropouts):")
-    for name, text in {**MODEL_DESCRIPTIONS, "char_lstm": SEQUENCE_DESCRIPTION}.items():
+          "token sequences, bow_logreg for bags of words, mlp otherwise; [model.dropout]: has optional dropouts):")
+    for name, text in {**MODEL_DESCRIPTIONS, "char_lstm": SEQUENCE_DESCRIPTION, "bow_logreg": BOW_DESCRIPTION}.items():
         print(f"  {name:20s} {text}" + (" [model.dropout]" if name in DROPOUT_MODELS else ""))
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "

@@ -91,8 +91,13 @@ class DataConfig:
     # (`FederatedData.public`; --generative fedgc): never any client's data, never test data
     public_fraction: float = 0.0
     # TFDS data_dir ("" = TFDS default), or the directory holding a natural dataset's files
-    # (femnist, shakespeare, cifar100_fed: FedJAX / TensorFlow Federated SQLite, LEAF JSON; docs/datasets.md)
+    # (femnist, shakespeare, cifar100_fed, stackoverflow: FedJAX / TensorFlow Federated SQLite,
+    # LEAF JSON; docs/datasets.md)
     data_dir: str = ""
+    # stackoverflow: the most frequent words a post's bag of words counts and the most frequent
+    # tags it predicts (TFF's tag-prediction baseline: 10,000 and 500)
+    vocab_size: int = 10_000
+    tag_vocab_size: int = 500
     seed: int = -1  # partition seed; -1 = the run seed
 
 
@@ -675,6 +680,8 @@ def validate(cfg: Config) -> None:
     check(d.synthetic_alpha >= 0, "data.synthetic_alpha", d.synthetic_alpha, "a number >= 0")
     check(d.synthetic_beta >= 0, "data.synthetic_beta", d.synthetic_beta, "a number >= 0")
     check(d.synthetic_features >= 1, "data.synthetic_features", d.synthetic_features, "an integer >= 1")
+    check(d.vocab_size >= 1, "data.vocab_size", d.vocab_size, "an integer >= 1")
+    check(d.tag_vocab_size >= 1, "data.tag_vocab_size", d.tag_vocab_size, "an integer >= 1")
     m = cfg.model
     check(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden,
           "widths >= 1, e.g. 200,200 (empty: a linear model, one dense layer)")

@@ -69,15 +69,22 @@ def resolve_task(cfg: config_lib.Config, data, model: Model) -> tasks_lib.Task:
             raise ConfigError("task.name", name, f"auto for the multi-task data of data.dataset={data.name} "
                                                  "(its tasks come with the data)")
         return tasks_lib.multitask_from_spec(model.apply, data.tasks)
-    sequences = is_sequence_data(data)
+    sequences, labels = is_sequence_data(data), data.target_kind == "multilabel"
     if name == "auto":
-        name = ("sequence" if sequences else "classification") if data.target_kind == "class" else "regression_mse"
+        name = ("multilabel" if labels else ("sequence" if sequences else "classification")
+                if data.target_kind == "class" else "regression_mse")
     if (name == "sequence") != sequences:
         raise ConfigError("task.name", cfg.task.name,
                           "sequence (or auto) for the token sequences of data.dataset=" + data.name if sequences
                           else f"not sequence: data.dataset={data.name} has no token sequences")
+    if (name == "multilabel") != labels:
+        raise ConfigError("task.name", cfg.task.name,
+                          "multilabel (or auto) for the label sets of data.dataset=" + data.name if labels
+                          else f"not multilabel: data.dataset={data.name} has no label sets")
     if name == "sequence":
         return tasks_lib.sequence(model.apply, data.num_classes, model.train_apply)
+    if name == "multilabel":
+        return tasks_lib.multilabel(model.apply, data.num_classes, model.train_apply)
     if name == "classification" and data.target_kind != "class":
         raise ConfigError("task.name", cfg.task.name,
                           f"regression_mse or regression_mae for the real-valued targets of "
@@ -128,13 +135,15 @@ def is_sequence_data(data) -> bool:
 def _build_model(cfg: config_lib.Config, data) -> Model:
     if data.target_kind == "multi":
         return _build_multitask_model(cfg, data)
+    if data.target_kind == "multilabel" or cfg.model.name == BOW_MODEL:
+        return _build_bow_model(cfg, data)
     if is_sequence_data(data) or cfg.model.name == SEQUENCE_MODEL:
         return _build_sequence_model(cfg, data)
     if cfg.model.name == MULTITASK_MODEL:
         raise ConfigError("model.name", cfg.model.name, f"auto or one of {', '.join(MODELS)} for the "
                                                         f"single-task data of data.dataset={data.name}")
     if cfg.model.name not in ("auto", *MODELS):
-        raise ConfigError("model.name", cfg.model.name, "one of auto, " + ", ".join([*MODELS, SEQUENCE_MODEL]))
+        raise ConfigError("model.name", cfg.model.name, "one of auto, " + ", ".join([*MODELS, SEQUENCE_MODEL, BOW_MODEL]))
     if cfg.model.name not in ("auto", "mlp") and len(data.feature_shape) != 3:
         raise ConfigError("model.name", cfg.model.name, f"mlp for vector inputs of shape {data.feature_shape}")
     if cfg.model.name in DROPOUT_MODELS and min(data.feature_shape[:2]) < 6:
@@ -154,6 +163,22 @@ def _build_model(cfg: config_lib.Config, data) -> Model:
 
 MULTITASK_MODEL = "multitask_mlp"
 SEQUENCE_MODEL = "char_lstm"
+BOW_MODEL = "bow_logreg"
+
+
+def _check_fixed_model(cfg: config_lib.Config, data, name: str, reads: str, fits: bool) -> None:
+    """A model that is the only one its kind of data takes (and takes no other data): ``fits``
+    whether ``data`` is that kind (``reads``: what the model reads); model.name auto or ``name``,
+    model.head_layers and model.dropout at their defaults."""
+    if not fits:
+        raise ConfigError("model.name", cfg.model.name, f"auto or one of {', '.join(MODELS)} for "
+                                                        f"data.dataset={data.name} ({name} reads {reads})")
+    if cfg.model.name not in ("auto", name):
+        raise ConfigError("model.name", cfg.model.name, f"auto or {name} for the {reads} of data.dataset={data.name}")
+    if cfg.model.head_layers != 1 or cfg.model.dropout:
+        field, value = ("model.head_layers", cfg.model.head_layers) if cfg.model.head_layers != 1 else (
+            "model.dropout", cfg.model.dropout)
+        raise ConfigError(field, value, f"its default for {name} (one output layer, no dropout)")
 
 
 def _build_sequence_model(cfg: config_lib.Config, data) -> Model:
@@ -161,17 +186,18 @@ def _build_sequence_model(cfg: config_lib.Config, data) -> Model:
     such data takes (and the only data it takes)."""
     from fedjax_sim.models.sequence import char_lstm
 
-    if not is_sequence_data(data):
-        raise ConfigError("model.name", cfg.model.name, f"auto or one of {', '.join(MODELS)} for "
-                                                        f"data.dataset={data.name} ({SEQUENCE_MODEL} reads token sequences)")
-    if cfg.model.name not in ("auto", SEQUENCE_MODEL):
-        raise ConfigError("model.name", cfg.model.name, f"auto or {SEQUENCE_MODEL} for the token sequences of "
-                                                        f"data.dataset={data.name}")
-    if cfg.model.head_layers != 1 or cfg.model.dropout:
-        field, value = ("model.head_layers", cfg.model.head_layers) if cfg.model.head_layers != 1 else (
-            "model.dropout", cfg.model.dropout)
-        raise ConfigError(field, value, f"its default for {SEQUENCE_MODEL} (one output layer, no dropout)")
+    _check_fixed_model(cfg, data, SEQUENCE_MODEL, "token sequences", is_sequence_data(data))
     return char_lstm(data.feature_shape, data.num_classes)
+
+
+def _build_bow_model(cfg: config_lib.Config, data) -> Model:
+    """The bag-of-words logistic regression (`models.bow.bow_logreg`) of Stack Overflow's label
+    sets over ``data.vocab_size`` words, the only model such data takes (and the only data it
+    takes)."""
+    from fedjax_sim.models.bow import bow_logreg
+
+    _check_fixed_model(cfg, data, BOW_MODEL, "bags of words", data.target_kind == "multilabel")
+    return bow_logreg(data.feature_shape, data.num_classes, cfg.data.vocab_size)
 
 
 def _build_multitask_model(cfg: config_lib.Config, data):

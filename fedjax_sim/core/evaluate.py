@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_sim.core.mapping import ClientMapping
-from fedjax_sim.tasks import count_key, delta_m, divide_metrics, is_count, task_headlines
+from fedjax_sim.tasks import delta_m, denominator, divide_metrics, is_count, task_headlines
 
 
 def evaluate_global(metrics_fn: Callable, params, rows: dict, batch_size: int = 512) -> dict:
@@ -99,7 +99,7 @@ def evaluate_multitask(metrics_fn: Callable, params, ref_params, rows: dict, n: 
     for name, value in sums.items():
         if is_count(name):
             continue
-        count = sums[count_key(name)]
+        count = denominator(name, sums)
         held = count > 0
         out[f"personalized_{name}"] = jnp.sum(jnp.where(held, value / jnp.maximum(count, 1), 0.0)) / jnp.maximum(
             jnp.sum(held), 1)
@@ -121,7 +121,7 @@ def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, sta
     for name, value in sums.items():
         if is_count(name):
             continue
-        count = sums[count_key(name)]
+        count = denominator(name, sums)
         has = count > 0
         per_client = jnp.where(has, value / jnp.maximum(count, 1), 0.0)
         out[f"personalized_{name}"] = jnp.sum(per_client) / jnp.maximum(jnp.sum(has), 1)

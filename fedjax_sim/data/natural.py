@@ -1,7 +1,7 @@
-"""Natural-client sources: federated EMNIST (``femnist``), Shakespeare (``shakespeare``) and
-CIFAR-100 (``cifar100_fed``) read from the files a user already has (``data.data_dir``), each
-client a real writer, speaking role or Pachinko allocation partition, with its natural
-train/test split.
+"""Natural-client sources: federated EMNIST (``femnist``), Shakespeare (``shakespeare``),
+CIFAR-100 (``cifar100_fed``) and Stack Overflow (``stackoverflow``) read from the files a user
+already has (``data.data_dir``), each client a real writer, speaking role, Pachinko allocation
+partition or user, with its natural train/test split.
 
 Which files (any one format per directory; `natural_files` names each format's origin):
 
@@ -11,7 +11,11 @@ dataset        FedJAX SQLite                                TensorFlow Federated
 femnist        federated_emnist_{train,test}.sqlite         emnist_all.sqlite (all_train/all_test)
 shakespeare    shakespeare_{train,test}.sqlite              shakespeare.sqlite (train/test)
 cifar100_fed   federated_cifar100_{train,test}.sqlite       cifar100.sqlite (train/test)
+stackoverflow  stackoverflow_{train,test}.sqlite            stackoverflow.sqlite (train/test)
 =============  ===========================================  ===================================
+
+Stack Overflow also needs its word and tag counts (``stackoverflow.word_count``,
+``stackoverflow.tag_count``, or TFF's ``.tar.bz2`` of each; `data.stackoverflow`).
 
 ``femnist`` and ``shakespeare`` also read LEAF's JSON (``train/`` and ``test/`` directories of
 ``*.json``, LEAF's ``data/<dataset>/data``). Clients: the first ``data.num_clients`` in the
@@ -24,9 +28,14 @@ ids sorted). Rows as FedJAX preprocesses them:
   and y the next ones (`snippet_sequences`), FedJAX's 86-character vocabulary + PAD, BOS, EOS,
   OOV (90 classes); LEAF's stride-1 windows are first joined back into their text
   (`leaf_snippets`);
-* CIFAR-100 ``image / 255`` [32, 32, 3], the 100 fine labels.
+* CIFAR-100 ``image / 255`` [32, 32, 3], the 100 fine labels;
+* Stack Overflow as TFF's tag-prediction baseline: x the normalized bag of words of ``tokens``
+  and ``title`` over ``data.vocab_size`` words (sparse: [L, 2] (id, frequency) pairs), y the
+  post's tags among the ``data.tag_vocab_size`` most frequent ([M] ids, -1 padded; target kind
+  ``multilabel``). Its ``held_out`` split (other users) is not read.
 
-A femnist or shakespeare client's test rows are its own (same writer or role); CIFAR-100's
+A femnist, shakespeare or stackoverflow client's test rows are its own (same writer, role or
+user; a Stack Overflow user's posts after 2018-01-01, which many users lack); CIFAR-100's
 test split is partitioned into 100 clients unrelated to the 500 training clients, so its whole
 test split is the test pool and each client's test rows are drawn from it following its label
 mix (`partition.draw_client_tests`), as for pooled sources.
@@ -39,6 +48,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from fedjax_sim.data import natural_files as files
+from fedjax_sim.data import stackoverflow
 from fedjax_sim.data.sources import Source
 from fedjax_sim.errors import ConfigError, DataUnavailableError
 
@@ -56,12 +66,20 @@ class Layout(NamedTuple):
 class NaturalSpec(NamedTuple):
     layouts: tuple  # [Layout], tried in order
     num_classes: int
-    input_shape: tuple  # one row's x
+    input_shape: tuple  # one row's x (None: ragged, padded to the longest row loaded)
     features: dict  # format -> {raw feature: its flat per-example shape (TFF stores features flat)}
-    rows: Callable  # (raw features {name: [n, ...]}, format, where, client) -> (x [m, *input_shape] float32, y)
+    # (root, data config) -> the row function (raw features {name: [n, ...]}, format, where, client)
+    # -> (x [m, *input_shape] float32, y)
+    rows: Callable
     own_test: bool  # test clients are the training clients (else: the test split is a pool)
     origin: str  # where the files come from (for the message when they are missing)
-    target_shape: tuple = ()  # one row's y: () class ids, (T,) token sequences
+    target_shape: tuple = ()  # one row's y: () class ids, (T,) token sequences, (M,) label sets
+    target_kind: str = "class"  # class | multilabel (y [M] label ids, -1 padded)
+
+
+def _fixed(rows: Callable) -> Callable:
+    """A row function that needs nothing from the data directory or the config."""
+    return lambda root, cfg: rows
 
 
 def _image_rows(keys: tuple, shape: tuple, scale: float, invert: bool, leaf_keys: tuple = ("x", "y")) -> Callable:
@@ -80,7 +98,7 @@ def _image_rows(keys: tuple, shape: tuple, scale: float, invert: bool, leaf_keys
                                         f"{x.max():g}], not [0, {scale:g}] as the format stores it")
         x = x / scale
         return (1.0 - x if invert else x), y
-    return rows
+    return _fixed(rows)
 
 
 # FedJAX's Shakespeare vocabulary (fedjax/datasets/shakespeare.py, from TFF's text generation
@@ -156,10 +174,18 @@ SPECS = {
         (Layout("fedjax", "shakespeare_train.sqlite", "shakespeare_test.sqlite"),
          Layout("tff", "shakespeare.sqlite", "shakespeare.sqlite", ("train", "test")),
          Layout("leaf", "train", "test")),
-        OOV + 1, (SEQUENCE_LENGTH,), {"tff": {"snippets": ()}}, _shakespeare_rows, True,
+        OOV + 1, (SEQUENCE_LENGTH,), {"tff": {"snippets": ()}}, _fixed(_shakespeare_rows), True,
         f"FedJAX: {GCS}/gresearch/fedjax/shakespeare/shakespeare_{{train,test}}.sqlite; TFF: "
         f"{GCS}/tff-datasets-public/shakespeare.sqlite.lzma (unxz it); LEAF: data/shakespeare/data/{{train,test}} "
         "after LEAF's preprocess.sh", (SEQUENCE_LENGTH,)),
+    "stackoverflow": NaturalSpec(
+        (Layout("fedjax", "stackoverflow_train.sqlite", "stackoverflow_test.sqlite"),
+         Layout("tff", "stackoverflow.sqlite", "stackoverflow.sqlite", ("train", "test"))),
+        0, None, {"tff": {"tokens": (), "title": (), "tags": ()}},
+        lambda root, cfg: stackoverflow.tag_rows(root, cfg.vocab_size, cfg.tag_vocab_size), True,
+        f"FedJAX: {GCS}/gresearch/fedjax/stackoverflow/stackoverflow_{{train,test}}.sqlite; TFF: "
+        f"{GCS}/tff-datasets-public/stackoverflow.sqlite.lzma (unxz it); with either, the word and tag counts "
+        f"{stackoverflow.VOCAB_ORIGIN}", (None,), "multilabel"),
 }
 
 
@@ -237,41 +263,64 @@ def _check_count(requested: int, available: int, where) -> None:
 def load_natural(name: str, cfg: Any) -> Source:
     """A natural-client `Source`: the first ``cfg.num_clients`` clients' training rows as the
     train pool with ``client_ids`` 0..C-1 in the format's order, their test rows (or the whole
-    test split) as the test pool."""
+    test split) as the test pool. Rows of ragged width (Stack Overflow's words and tags) are
+    padded to the longest of train and test: x with zeros, y with -1."""
     spec = SPECS[name]
     layout, root = find_layout(name, cfg.data_dir)
+    rows_of = spec.rows(root, cfg)  # reads what the rows need (vocabularies) before the big files
     train, test = read_clients(name, layout, root, cfg.num_clients)
     order = list(train)
+    multilabel = spec.target_kind == "multilabel"
+    num_classes = cfg.tag_vocab_size if multilabel else spec.num_classes
 
-    def stack(raw: dict, clients: list, where: str):
+    def rows(raw: dict, clients: list, where: str):
         xs, ys = [], []
         for c in clients:
-            x, y = spec.rows(raw[c], layout.format, where, c)
+            x, y = rows_of(raw[c], layout.format, where, c)
             if len(x) != len(y):
                 raise files.DataFormatError(f"{where}: client {c!r} has {len(x)} inputs and {len(y)} labels")
-            if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-                raise files.DataFormatError(f"{where}: client {c!r} has labels outside [0, {spec.num_classes})")
+            if y.size and (y.min() < (-1 if multilabel else 0) or y.max() >= num_classes):
+                raise files.DataFormatError(f"{where}: client {c!r} has labels outside [0, {num_classes})")
             xs.append(x)
             ys.append(np.asarray(y, np.int32))
-        if not xs:
-            return (np.zeros((0, *spec.input_shape), np.float32), np.zeros((0, *spec.target_shape), np.int32),
-                    np.zeros(0, np.int64))
-        owner = np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(ys)])
-        return np.concatenate(xs), np.concatenate(ys), owner
+        owner = np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(ys)] + [np.zeros(0, np.int64)])
+        return xs, ys, owner
 
-    x, y, client_ids = stack(train, order, str(root / layout.train))
+    xs, ys, client_ids = rows(train, order, str(root / layout.train))
     if spec.own_test:
         present = [c for c in order if c in test]
-        x_test, y_test, local = stack(test, present, str(root / layout.test))
+        xs_test, ys_test, local = rows(test, present, str(root / layout.test))
         index = {c: i for i, c in enumerate(order)}
         test_ids = np.asarray([index[present[j]] for j in local], np.int64)
     else:
-        x_test, y_test, _ = stack(test, list(test), str(root / layout.test))
+        xs_test, ys_test, _ = rows(test, list(test), str(root / layout.test))
         test_ids = None
-    # sequences have no class strata: a zero stratum per row (validation splits stay per client)
+    x_shape = spec.input_shape or _widest([*xs, *xs_test])
+    y_shape = spec.target_shape if None not in spec.target_shape else _widest([*ys, *ys_test])
+    x, x_test = (_stack(v, x_shape, 0, np.float32) for v in (xs, xs_test))
+    y, y_test = (_stack(v, y_shape, -1, np.int32) for v in (ys, ys_test))
+    # targets without class strata (sequences, label sets): a zero stratum per row (validation
+    # splits stay per client)
     strata = None if y.ndim == 1 else (np.zeros(len(y), np.int32), np.zeros(len(y_test), np.int32))
-    return Source(x, y, x_test, y_test, spec.num_classes, client_ids=client_ids, test_client_ids=test_ids,
-                  strata=None if strata is None else strata[0], test_strata=None if strata is None else strata[1])
+    return Source(x, y, x_test, y_test, num_classes, client_ids=client_ids, test_client_ids=test_ids,
+                  strata=None if strata is None else strata[0], test_strata=None if strata is None else strata[1],
+                  target_kind=spec.target_kind)
+
+
+def _widest(arrays: list) -> tuple:
+    """The per-row shape that holds every array's rows (each [n, ...]; at least 1 wide)."""
+    shapes = [a.shape[1:] for a in arrays]
+    return tuple(max([s[d] for s in shapes] + [1]) for d in range(len(shapes[0]))) if shapes else (1,)
+
+
+def _stack(arrays: list, shape: tuple, fill, dtype) -> np.ndarray:
+    """The arrays' rows [sum n, *shape], each padded at the end of every axis with ``fill``."""
+    out = np.full((sum(len(a) for a in arrays), *shape), fill, dtype)
+    start = 0
+    for a in arrays:
+        out[(slice(start, start + len(a)), *(slice(0, d) for d in a.shape[1:]))] = a
+        start += len(a)
+    return out
 
 
 def loader(name: str) -> Callable:

@@ -237,6 +237,29 @@ def tff_client_ids(path: Path, split: str) -> list:
         conn.close()
 
 
+def _indexed_by_client(conn: sqlite3.Connection) -> bool:
+    """Whether an index of ``examples`` starts with ``client_id`` (TFF's writer makes none)."""
+    for row in conn.execute("PRAGMA index_list(examples)"):
+        columns = [c[2] for c in conn.execute(f"PRAGMA index_info('{row[1]}')")]
+        if columns[:1] == ["client_id"]:
+            return True
+    return False
+
+
+def _tff_rows(conn: sqlite3.Connection, split: str, ids: list):
+    """(client_id, serialized example) of the clients ``ids`` in ``split``, each client's rows in
+    rowid order: one indexed query per client where an index allows, else one pass over the
+    split (an unindexed per-client query would scan the whole table once per client)."""
+    if _indexed_by_client(conn):
+        for cid in ids:
+            for key in (cid, cid.encode("utf-8")):  # ids stored as text or as blobs
+                yield from conn.execute("SELECT client_id, serialized_example_proto FROM examples "
+                                        "WHERE client_id = ? AND split_name = ? ORDER BY rowid", (key, split))
+        return
+    yield from conn.execute("SELECT client_id, serialized_example_proto FROM examples "
+                            "WHERE split_name = ? ORDER BY rowid", (split,))
+
+
 def read_tff_sqlite(path: Path, split: str, ids: Iterable[str], shapes: dict) -> dict:
     """Clients ``ids`` of ``split`` in a TFF SQLite file: {id: {feature: ndarray [n, *shape]}};
     ``shapes``: the features to keep and each one's per-example shape (TFF stores them flat)."""
@@ -246,9 +269,7 @@ def read_tff_sqlite(path: Path, split: str, ids: Iterable[str], shapes: dict) ->
     rows_of: dict = {cid: [] for cid in ids}
     try:
         _check_tff(conn, path)
-        # one pass over the split in write order (the files need not have an index on client_id)
-        for cid, blob in conn.execute("SELECT client_id, serialized_example_proto FROM examples "
-                                      "WHERE split_name = ? ORDER BY rowid", (split,)):
+        for cid, blob in _tff_rows(conn, split, ids):
             cid = cid.decode("utf-8") if isinstance(cid, bytes) else str(cid)
             if cid not in wanted:
                 continue

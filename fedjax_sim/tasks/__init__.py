@@ -8,11 +8,14 @@ A `Task` is a pair of pure functions over a model's parameters and a batch pytre
 A batch is the client data pytree with leaves [B, ...] (``x``, ``y``, ...) plus ``mask`` [B]
 (False for padding and empty steps). Metric sums come with counts: a key ``"count"`` divides
 every unprefixed metric, and ``"<task>/count"`` divides every ``"<task>/..."`` metric of a
-multi-task model (`divide_metrics`), so a client without rows for a task simply has count 0.
+multi-task model, so a client without rows for a task simply has count 0. A metric that is a
+ratio of its own sums (precision: true over predicted positives) carries its denominator as
+``"<metric>/count"``, which takes precedence (`denominator`, `divide_metrics`).
 
 Built here: `classification` (softmax cross-entropy, accuracy), `sequence` (next-token
-prediction, means over real tokens), `regression` (MSE or MAE), and `multitask` (a dict of those
-over a shared batch, each task with its own per-row mask).
+prediction, means over real tokens), `multilabel` (sigmoid cross-entropy over label sets,
+precision and recall@5 as Keras counts them), `regression` (MSE or MAE), and `multitask` (a dict
+of those over a shared batch, each task with its own per-row mask).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class Pointwise(NamedTuple):
     per_row_metrics: Callable[[jax.Array, jax.Array], dict]
     headline: str
     higher_is_better: bool
-    target_kind: str  # "class" | "real"
+    target_kind: str  # "class" | "real" | "multilabel"
     per_row_weight: Callable[[jax.Array], jax.Array] | None = None
 
 
@@ -56,7 +59,7 @@ class Task(NamedTuple):
     name: str
     headline: str
     higher_is_better: bool
-    target_kind: str  # "class" | "real" | "multi"
+    target_kind: str  # "class" | "real" | "multilabel" | "multi"
     num_classes: int = 0
     output_loss: Callable[[jax.Array, Batch], jax.Array] | None = None
     pointwise: Pointwise | None = None
@@ -83,9 +86,16 @@ def is_count(name: str) -> bool:
     return name.rpartition("/")[2] == "count"
 
 
+def denominator(name: str, sums: Mapping[str, jax.Array]) -> jax.Array:
+    """What the sum of metric ``name`` is divided by: its own ``"<name>/count"`` when the task
+    gives one (a ratio of sums such as precision), else its `count_key`."""
+    own = f"{name}/count"
+    return sums[own] if own in sums else sums[count_key(name)]
+
+
 def divide_metrics(sums: Mapping[str, jax.Array]) -> dict:
-    """Turns masked sums into means (each divided by its `count_key`); counts dropped."""
-    return {name: value / jnp.maximum(sums[count_key(name)], 1)
+    """Turns masked sums into means or ratios (each divided by its `denominator`); counts dropped."""
+    return {name: value / jnp.maximum(denominator(name, sums), 1)
             for name, value in sums.items() if not is_count(name)}
 
 
@@ -171,6 +181,44 @@ def sequence_pointwise(pad: int = PAD) -> Pointwise:
         per_row_metrics=lambda logits, y: {"accuracy": per_token_mean((jnp.argmax(logits, -1) == y).astype(jnp.float32), y)},
         headline="accuracy", higher_is_better=True, target_kind="class",
         per_row_weight=lambda y: jnp.sum(real(y), -1))
+
+
+TOP_K = 5  # recall@k of tag prediction (TFF's Stack Overflow baseline: Recall(top_k=5))
+
+
+def multilabel_pointwise(num_classes: int, top_k: int = TOP_K) -> Pointwise:
+    """Label sets: logits [B, K] against y [B, M] int label ids, -1 where a row has fewer than M
+    labels (targets are the multi-hot [B, K] of the ids; an id repeated counts once).
+
+    Loss: sigmoid cross-entropy averaged over the K labels (Keras' ``BinaryCrossentropy`` on a
+    sigmoid output, computed from logits). Metrics as TFF's Stack Overflow tag-prediction
+    baseline reports them with Keras, micro-averaged over every (row, label) pair:
+    ``precision`` = true / predicted positives at probability > 0.5 (``Precision()``) and
+    ``recall_at_5`` = the true labels among the top ``top_k`` logits whose probability is also
+    > 0.5, over all true labels (``Recall(top_k=5)`` keeps the top k, then applies its default
+    0.5 threshold). Each carries its denominator as ``"<metric>/count"`` (`denominator`)."""
+    k = min(top_k, num_classes)
+    name = f"recall_at_{top_k}"
+
+    def targets(y):
+        return jnp.minimum(jnp.sum(jax.nn.one_hot(y, num_classes), -2), 1.0)  # id -1: a zero row
+
+    def metrics(logits, y):
+        t, positive = targets(y), (logits > 0).astype(jnp.float32)
+        in_top = jnp.sum(jax.nn.one_hot(jax.lax.top_k(logits, k)[1], num_classes), -2)  # [B, K] 0/1
+        return {"precision": jnp.sum(t * positive, -1), "precision/count": jnp.sum(positive, -1),
+                name: jnp.sum(t * positive * in_top, -1), f"{name}/count": jnp.sum(t, -1)}
+
+    return Pointwise(
+        per_row_loss=lambda logits, y: jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets(y)), -1),
+        per_row_metrics=metrics, headline=name, higher_is_better=True, target_kind="multilabel")
+
+
+def multilabel(apply_fn: Callable, num_classes: int, train_apply: Callable | None = None) -> Task:
+    """Multi-label classification (`multilabel_pointwise`): ``apply_fn(params, x) -> logits
+    [B, num_classes]``, batch ``y`` [B, M] int label ids (-1 = none). Metrics: ``precision``,
+    ``recall_at_5`` (the headline) and ``loss``."""
+    return _single(multilabel_pointwise(num_classes), apply_fn, "multilabel", num_classes, train_apply)
 
 
 def sequence(apply_fn: Callable, num_classes: int, train_apply: Callable | None = None) -> Task:
@@ -275,10 +323,10 @@ def delta_m(method: jax.Array, base: jax.Array, mask: jax.Array, lower_is_better
     return 100.0 * jnp.sum(jnp.where(mask, rel, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-TASKS = ("auto", "classification", "sequence", "regression_mse", "regression_mae")
+TASKS = ("auto", "classification", "sequence", "multilabel", "regression_mse", "regression_mae")
 
 __all__ = ["Pointwise", "REGRESSION_LOSSES", "TASKS", "Task", "classification", "count_key", "is_count",
            "classification_pointwise", "divide_metrics", "masked_cross_entropy", "masked_mean",
-           "delta_m", "multitask", "multitask_from_spec", "regression", "regression_pointwise", "sequence",
+           "delta_m", "denominator", "multilabel", "multilabel_pointwise", "multitask", "multitask_from_spec", "regression", "regression_pointwise", "sequence",
            "sequence_pointwise",
            "task_headlines", "with_apply"]
