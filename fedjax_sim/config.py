@@ -98,6 +98,10 @@ class DataConfig:
     # tags it predicts (TFF's tag-prediction baseline: 10,000 and 500)
     vocab_size: int = 10_000
     tag_vocab_size: int = 500
+    # natural-client files: > 0 keeps at most this many training rows per client, a seeded sample
+    # drawn once (file order kept); bounds the [C, N_max] padding of heavy clients (TFF's Stack
+    # Overflow baselines cap users at 1,000 sentences). 0 = every row
+    max_examples: int = 0
     seed: int = -1  # partition seed; -1 = the run seed
 
 
@@ -682,6 +686,7 @@ def validate(cfg: Config) -> None:
     check(d.synthetic_features >= 1, "data.synthetic_features", d.synthetic_features, "an integer >= 1")
     check(d.vocab_size >= 1, "data.vocab_size", d.vocab_size, "an integer >= 1")
     check(d.tag_vocab_size >= 1, "data.tag_vocab_size", d.tag_vocab_size, "an integer >= 1")
+    check(d.max_examples >= 0, "data.max_examples", d.max_examples, "an integer >= 0 (0 = every row)")
     m = cfg.model
     check(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden,
           "widths >= 1, e.g. 200,200 (empty: a linear model, one dense layer)")

@@ -272,3 +272,31 @@ def test_missing_or_damaged_vocabulary_files_exit_2_naming_them(case, tmp_path, 
                    "--set", "data.tag_vocab_size=2", "--set", f"data.data_dir={tmp_path}", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_max_examples_keeps_a_seeded_ordered_sample_of_each_clients_training_rows(tmp_path):
+    """data.max_examples caps training rows per client (a sample drawn once, file order kept,
+    narrower padding when the sample allows); test rows stay whole."""
+    _write_users(tmp_path)
+    full = load_natural("stackoverflow", _cfg(tmp_path, clients=4))
+    capped = load_natural("stackoverflow", DataConfig(**{**vars(_cfg(tmp_path, clients=4)), "max_examples": 4}),
+                          np.random.default_rng(7))
+    again = load_natural("stackoverflow", DataConfig(**{**vars(_cfg(tmp_path, clients=4)), "max_examples": 4}),
+                         np.random.default_rng(7))
+    np.testing.assert_array_equal(capped.x_pool, again.x_pool)
+    for k in range(4):
+        mine, all_rows = _dense(capped.x_pool[capped.client_ids == k], 30), _dense(full.x_pool[full.client_ids == k], 30)
+        assert len(mine) == min(4, len(all_rows))
+        # an ordered subset: each kept row matches a later row of the full client than the one before
+        at = -1
+        for row in mine:
+            at = next(i for i in range(at + 1, len(all_rows)) if np.allclose(all_rows[i], row))
+    np.testing.assert_array_equal(capped.x_test, full.x_test[:, :capped.x_test.shape[1]])
+    assert capped.x_pool.shape[1] <= full.x_pool.shape[1]
+
+
+@pytest.mark.parametrize("args,value", [(["--set", "data.max_examples=5"], "5"),
+                                        (["--dataset", "stackoverflow", "--set", "data.max_examples=-1"], "-1")])
+def test_bad_max_examples_exits_2(args, value, tmp_path, capsys):
+    rc = cli.main(["run", "--rounds", "1", *args, "--out", str(tmp_path / "run")])
+    assert_config_error(capsys, rc, "data.max_examples", value)

@@ -214,6 +214,9 @@ def validate_data_config(cfg: DataConfig) -> None:
         _check_clusters(cfg)
     if cfg.dataset == "floral_synthetic":
         _check_floral_synthetic(cfg)
+    if getattr(cfg, "max_examples", 0) and cfg.dataset not in NATURAL_DATASETS:
+        raise ConfigError("data.max_examples", cfg.max_examples, f"0 for data.dataset={cfg.dataset} (it caps the "
+                          f"rows of the natural-client files: {', '.join(NATURAL_DATASETS)})")
 
 
 def _knobs(fn, cfg: DataConfig, **extra) -> dict:

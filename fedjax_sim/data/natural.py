@@ -260,11 +260,13 @@ def _check_count(requested: int, available: int, where) -> None:
         raise ConfigError("data.num_clients", requested, f"at most {available} (the clients in {where})")
 
 
-def load_natural(name: str, cfg: Any) -> Source:
+def load_natural(name: str, cfg: Any, rng: np.random.Generator | None = None) -> Source:
     """A natural-client `Source`: the first ``cfg.num_clients`` clients' training rows as the
     train pool with ``client_ids`` 0..C-1 in the format's order, their test rows (or the whole
-    test split) as the test pool. Rows of ragged width (Stack Overflow's words and tags) are
-    padded to the longest of train and test: x with zeros, y with -1."""
+    test split) as the test pool. With ``cfg.max_examples`` > 0 a client with more training rows
+    keeps a sample of that many drawn with ``rng`` (in their order). Rows of ragged width (Stack
+    Overflow's words and tags) are padded to the longest of train and test: x with zeros, y with
+    -1."""
     spec = SPECS[name]
     layout, root = find_layout(name, cfg.data_dir)
     rows_of = spec.rows(root, cfg)  # reads what the rows need (vocabularies) before the big files
@@ -273,7 +275,10 @@ def load_natural(name: str, cfg: Any) -> Source:
     multilabel = spec.target_kind == "multilabel"
     num_classes = cfg.tag_vocab_size if multilabel else spec.num_classes
 
-    def rows(raw: dict, clients: list, where: str):
+    cap = getattr(cfg, "max_examples", 0)
+    rng = np.random.default_rng(0) if rng is None else rng
+
+    def rows(raw: dict, clients: list, where: str, capped: bool = False):
         xs, ys = [], []
         for c in clients:
             x, y = rows_of(raw[c], layout.format, where, c)
@@ -281,12 +286,15 @@ def load_natural(name: str, cfg: Any) -> Source:
                 raise files.DataFormatError(f"{where}: client {c!r} has {len(x)} inputs and {len(y)} labels")
             if y.size and (y.min() < (-1 if multilabel else 0) or y.max() >= num_classes):
                 raise files.DataFormatError(f"{where}: client {c!r} has labels outside [0, {num_classes})")
+            if capped and cap and len(x) > cap:
+                keep = np.sort(rng.choice(len(x), cap, replace=False))
+                x, y = _narrowest(x[keep]), y[keep]
             xs.append(x)
             ys.append(np.asarray(y, np.int32))
         owner = np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(ys)] + [np.zeros(0, np.int64)])
         return xs, ys, owner
 
-    xs, ys, client_ids = rows(train, order, str(root / layout.train))
+    xs, ys, client_ids = rows(train, order, str(root / layout.train), capped=True)
     if spec.own_test:
         present = [c for c in order if c in test]
         xs_test, ys_test, local = rows(test, present, str(root / layout.test))
@@ -307,6 +315,15 @@ def load_natural(name: str, cfg: Any) -> Source:
                   target_kind=spec.target_kind)
 
 
+def _narrowest(x: np.ndarray) -> np.ndarray:
+    """Sparse bag-of-words rows x [n, L, 2] without the trailing pairs that every row pads (the
+    sample of a client's rows may not need its widest post's width); other rows as they are."""
+    if x.ndim != 3 or x.shape[-1] != 2:
+        return x
+    used = np.flatnonzero((x[..., 1] != 0).any(0))  # pairs are packed from the start of a row
+    return x[:, :used[-1] + 1 if used.size else 1]
+
+
 def _widest(arrays: list) -> tuple:
     """The per-row shape that holds every array's rows (each [n, ...]; at least 1 wide)."""
     shapes = [a.shape[1:] for a in arrays]
@@ -325,8 +342,7 @@ def _stack(arrays: list, shape: tuple, fill, dtype) -> np.ndarray:
 
 def loader(name: str) -> Callable:
     def load(cfg: Any, rng: np.random.Generator) -> Source:
-        del rng  # the clients and their rows are the files'; nothing is drawn
-        return load_natural(name, cfg)
+        return load_natural(name, cfg, rng)  # rng: only the data.max_examples samples
 
     load.__name__ = f"load_{name}"
     load.__doc__ = f"Natural-client `{name}` from data.data_dir (see `load_natural`)."
