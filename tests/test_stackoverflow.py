@@ -300,3 +300,29 @@ def test_max_examples_keeps_a_seeded_ordered_sample_of_each_clients_training_row
 def test_bad_max_examples_exits_2(args, value, tmp_path, capsys):
     rc = cli.main(["run", "--rounds", "1", *args, "--out", str(tmp_path / "run")])
     assert_config_error(capsys, rc, "data.max_examples", value)
+
+
+def test_padded_data_that_cannot_fit_memory_exits_2_before_allocating(tmp_path, capsys, monkeypatch):
+    import psutil
+
+    _write_users(tmp_path)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 100})())
+    rc = cli.main(["run", "--dataset", "stackoverflow", "--clients", "4", "--rounds", "1", "--set", "data.vocab_size=40",
+                   "--set", "data.tag_vocab_size=8", "--set", f"data.data_dir={tmp_path}", "--out", str(tmp_path / "run")])
+    assert_config_error(capsys, rc, "data.num_clients", "4")
+    assert not (tmp_path / "run").exists()
+
+
+def test_tff_stackoverflow_lr_config_runs_on_files_in_its_format(tmp_path, capsys):
+    """experiments/tff/stackoverflow_lr.json is a valid run config (a few users, one round; the
+    vocabularies of the generated count files)."""
+    _write_users(tmp_path)
+    path = Path(__file__).resolve().parents[1] / "experiments" / "tff" / "stackoverflow_lr.json"
+    out = tmp_path / "run"
+    rc = cli.main(["run", "--config", str(path), "--rounds", "1", "--clients", "3", "--cohort", "2", "--no-progress",
+                   "--set", f"data.data_dir={tmp_path}", "--set", "data.vocab_size=40", "--set", "data.tag_vocab_size=8",
+                   "--set", "eval_every=1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads((out / "config.json").read_text())
+    expected = json.loads(path.read_text())
+    assert cfg["local"] == {**cfg["local"], **expected["local"]} and cfg["data"]["max_examples"] == 1000

@@ -219,6 +219,30 @@ def validate_data_config(cfg: DataConfig) -> None:
                           f"rows of the natural-client files: {', '.join(NATURAL_DATASETS)})")
 
 
+def padded_bytes(rows: list) -> int:
+    """Bytes of the [C, N_max, ...] arrays `stack_clients` makes of per-client (x, y) rows."""
+    n_max = max([len(y) for _, y in rows] + [1])
+    per_row = sum(int(np.prod(a.shape[1:], dtype=np.int64)) * 4 for a in rows[0]) if rows else 0
+    return len(rows) * n_max * per_row
+
+
+def check_padded_fits(cfg: DataConfig, train_rows: list, test_rows: list) -> None:
+    """ConfigError (data.num_clients) when the clients' rows padded to the largest client's would
+    not fit the host's available memory: a clear line instead of an out-of-memory kill."""
+    try:
+        import psutil
+    except ImportError:  # cannot tell: try
+        return
+    need, available = padded_bytes(train_rows) + padded_bytes(test_rows), int(psutil.virtual_memory().available)
+    if need > available:
+        n_max = max([len(y) for _, y in train_rows] + [1])
+        cap = (" or a smaller data.max_examples" if cfg.dataset in NATURAL_DATASETS else "")
+        raise ConfigError("data.num_clients", cfg.num_clients,
+                          f"fewer clients{cap}: their rows padded to the largest client's ({n_max} training "
+                          f"rows) need {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of "
+                          "memory available")
+
+
 def _knobs(fn, cfg: DataConfig, **extra) -> dict:
     """The DataConfig fields (and extras) that `fn` takes as keyword-only arguments."""
     params = inspect.signature(fn).parameters
@@ -378,6 +402,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
                                             transform, num_clusters, int(src.num_classes))
     elif src.clusters is not None:
         cluster = np.asarray(src.clusters, np.int32)
+    check_padded_fits(cfg, train_rows, test_rows)
     x_train, y_train, n_train = stack_clients([r[0] for r in train_rows], [r[1] for r in train_rows])
     x_ctest, y_ctest, n_test = stack_clients([r[0] for r in test_rows], [r[1] for r in test_rows])
     if fraction > 0:  # the global validation set: every client's validation rows, as it sees them
