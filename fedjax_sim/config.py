@@ -94,15 +94,22 @@ class DataConfig:
     # (femnist, shakespeare, cifar100_fed, stackoverflow: FedJAX / TensorFlow Federated SQLite,
     # LEAF JSON; docs/datasets.md)
     data_dir: str = ""
-    # stackoverflow: the most frequent words a post's bag of words counts and the most frequent
-    # tags it predicts (TFF's tag-prediction baseline: 10,000 and 500)
+    # stackoverflow: the most frequent words a post's bag of words counts (TFF's baseline: 10,000)
     vocab_size: int = 10_000
+    # stackoverflow: the most frequent tags it predicts (TFF's baseline: 500)
     tag_vocab_size: int = 500
+    # stackoverflow: what a bag of words is divided by: in_vocab (its in-vocabulary words: TFF's
+    # baseline today) | all_words (every word, out-of-vocabulary ones too: the google-research/
+    # federated pipeline of Reddi et al. 2021's FedOpt experiments)
+    bow_denominator: str = "in_vocab"
     # natural-client files: > 0 keeps at most this many training rows per client, a seeded sample
     # drawn once (file order kept); bounds the [C, N_max] padding of heavy clients (TFF's Stack
     # Overflow baselines cap users at 1,000 sentences). 0 = every row
     max_examples: int = 0
     seed: int = -1  # partition seed; -1 = the run seed
+
+
+BOW_DENOMINATORS = ("in_vocab", "all_words")
 
 
 @dataclasses.dataclass
@@ -143,7 +150,7 @@ class LocalConfig:
     formulation: str = "auto"  # auto | materialized | factored (low-rank deltas: dense nets, SGD/momentum)
     # unequal clients in epoch mode: trim (each client runs only its own ceil(n/B) steps per epoch;
     # a vmapped group runs its largest member's) | masked (every client runs the largest client's
-    # steps, the extra ones masked) | auto (trim); the same numbers either way
+    # steps, the extra ones masked) | auto (trim); the same numbers either way, to float32 rounding
     padding: str = "auto"
 
 
@@ -252,9 +259,10 @@ MAX_BUDGET = 100.0  # generated rows per real row; more is a typo, not an experi
 
 @dataclasses.dataclass
 class TaskConfig:
-    """What is learned. ``auto``: classification for class labels, regression_mse for real targets."""
+    """What is learned. ``auto``: classification for class labels, sequence for token sequences,
+    multilabel for label sets, regression_mse for real targets."""
 
-    name: str = "auto"  # auto | classification | regression_mse | regression_mae
+    name: str = "auto"  # auto | classification | sequence | multilabel | regression_mse | regression_mae
 
 
 # Algorithm-owned sections: each algorithm module registers its own dataclass (``fedrema``,
@@ -686,6 +694,8 @@ def validate(cfg: Config) -> None:
     check(d.synthetic_features >= 1, "data.synthetic_features", d.synthetic_features, "an integer >= 1")
     check(d.vocab_size >= 1, "data.vocab_size", d.vocab_size, "an integer >= 1")
     check(d.tag_vocab_size >= 1, "data.tag_vocab_size", d.tag_vocab_size, "an integer >= 1")
+    check(d.bow_denominator in BOW_DENOMINATORS, "data.bow_denominator", d.bow_denominator,
+          "one of " + ", ".join(BOW_DENOMINATORS))
     check(d.max_examples >= 0, "data.max_examples", d.max_examples, "an integer >= 0 (0 = every row)")
     m = cfg.model
     check(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden,

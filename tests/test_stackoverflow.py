@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import tarfile
 from pathlib import Path
@@ -68,10 +69,11 @@ def _write_counts(root: Path, archive: bool = False) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _reference_rows(posts: dict, vocab: int, tags: int) -> tuple[np.ndarray, np.ndarray]:
+def _reference_rows(posts: dict, vocab: int, tags: int, all_words: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """TFF's tag_prediction_preprocessing.build_to_ids_fn in plain Python: (dense [n, V]
     normalized bags of words of tokens + " " + title, [n, T] multi-hot tags); out-of-vocabulary
-    words and tags dropped."""
+    words and tags dropped. ``all_words``: the older pipeline's mean of one-hots over V + 1
+    columns, the OOV column dropped."""
     words = {w.encode(): i for i, w in enumerate(WORDS[:vocab])}
     tag_ids = {t.encode(): i for i, t in enumerate(RANKED_TAGS[:tags])}
     xs, ys = np.zeros((len(posts["tokens"]), vocab)), np.zeros((len(posts["tokens"]), tags))
@@ -79,7 +81,7 @@ def _reference_rows(posts: dict, vocab: int, tags: int) -> tuple[np.ndarray, np.
         for w in (tok + b" " + title).split():
             if w in words:
                 xs[r, words[w]] += 1
-        xs[r] /= max(xs[r].sum(), 1)
+        xs[r] /= len((tok + b" " + title).split()) if all_words else max(xs[r].sum(), 1)
         for t in tg.split(b"|"):
             if t in tag_ids:
                 ys[r, tag_ids[t]] = 1
@@ -102,12 +104,12 @@ def _multi_hot(y: np.ndarray, tags: int) -> np.ndarray:
     return out
 
 
-def _cfg(root: Path, clients=3, vocab=30, tags=6) -> DataConfig:
+def _cfg(root: Path, clients=3, vocab=30, tags=6, **kw) -> DataConfig:
     return DataConfig(dataset="stackoverflow", num_clients=clients, data_dir=str(root), vocab_size=vocab,
-                      tag_vocab_size=tags)
+                      tag_vocab_size=tags, **kw)
 
 
-def _check_rows(src, train: dict, test: dict, order: list, vocab: int, tags: int) -> None:
+def _check_rows(src, train: dict, test: dict, order: list, vocab: int, tags: int, all_words: bool = False) -> None:
     assert src.num_classes == tags and src.target_kind == "multilabel"
     assert src.x_pool.shape[-1] == 2 and src.x_pool.shape[1:] == src.x_test.shape[1:]
     for k, cid in enumerate(order):
@@ -117,15 +119,15 @@ def _check_rows(src, train: dict, test: dict, order: list, vocab: int, tags: int
             if posts is None:
                 assert not rows.any()
                 continue
-            bow, hot = _reference_rows(posts, vocab, tags)
+            bow, hot = _reference_rows(posts, vocab, tags, all_words)
             np.testing.assert_allclose(_dense(x[rows], vocab), bow, atol=1e-6)
             np.testing.assert_array_equal(_multi_hot(y[rows], tags), hot)
 
 
-@pytest.mark.parametrize("fmt", ["fedjax", "tff", "tff_indexed"])
+@pytest.mark.parametrize("fmt", ["fedjax", "fedjax_all_words", "tff", "tff_indexed"])
 def test_stackoverflow_rows_match_tffs_bag_of_words_and_tags(fmt, tmp_path):
     train, test = _users()
-    if fmt == "fedjax":
+    if fmt.startswith("fedjax"):
         write_fedjax(tmp_path / "stackoverflow_train.sqlite", train)
         write_fedjax(tmp_path / "stackoverflow_test.sqlite", test)
         order = list(train)[:3]
@@ -139,8 +141,9 @@ def test_stackoverflow_rows_match_tffs_bag_of_words_and_tags(fmt, tmp_path):
             conn.close()
         order = sorted(train)[:3]
     _write_counts(tmp_path, archive=fmt == "tff")
-    src = load_natural("stackoverflow", _cfg(tmp_path))
-    _check_rows(src, train, test, order, 30, 6)
+    all_words = fmt.endswith("all_words")
+    src = load_natural("stackoverflow", _cfg(tmp_path, bow_denominator="all_words" if all_words else "in_vocab"))
+    _check_rows(src, train, test, order, 30, 6, all_words)
     # the all-zero bag of a post without in-vocabulary words, and the -1 padding of y
     assert np.all(src.x_pool[1] == 0)
     assert (src.y_pool == -1).any() and src.y_pool.min() == -1
@@ -246,14 +249,26 @@ def test_bow_logreg_refuses_image_data(tmp_path, capsys):
     assert_config_error(capsys, rc, "model.name", "bow_logreg")
 
 
-@pytest.mark.parametrize("case", ["no_counts", "bad_archive", "bad_tag_json", "bad_word_line", "int_tokens"])
+@pytest.mark.parametrize("case", ["no_counts", "bad_archive", "bad_tag_json", "bad_word_line", "int_tokens",
+                                  "latin1_words", "nan_tag", "no_test_rows"])
 def test_missing_or_damaged_vocabulary_files_exit_2_naming_them(case, tmp_path, capsys):
     _write_users(tmp_path)
-    expect = {"no_counts": "stackoverflow.word_count", "bad_archive": "stackoverflow.word_count.tar.bz2",
+    expect = {"no_counts": "stackoverflow.word_count (or stackoverflow.word_count.tar.bz2) and no "
+                           "stackoverflow.tag_count", "bad_archive": "stackoverflow.word_count.tar.bz2",
               "bad_tag_json": "stackoverflow.tag_count", "bad_word_line": "line 3",
-              "int_tokens": "'tokens'"}[case]
+              "int_tokens": "'tokens'", "latin1_words": "byte 3", "nan_tag": "finite",
+              "no_test_rows": "test rows"}[case]
+    if case == "no_counts":
+        (tmp_path / "stackoverflow.tag_count").unlink()
     if case in ("no_counts", "bad_archive"):
         (tmp_path / "stackoverflow.word_count").unlink()
+    if case == "latin1_words":
+        (tmp_path / "stackoverflow.word_count").write_bytes(b"caf\xe9 99\n" + (tmp_path / "stackoverflow.word_count").read_bytes())
+    if case == "nan_tag":
+        (tmp_path / "stackoverflow.tag_count").write_text('{"python": 3, "java": NaN}')
+    if case == "no_test_rows":  # a test file holding none of the chosen users
+        (tmp_path / "stackoverflow_test.sqlite").unlink()
+        write_fedjax(tmp_path / "stackoverflow_test.sqlite", {"99999999": _posts(np.random.default_rng(0), 2)})
     if case == "bad_archive":
         (tmp_path / "stackoverflow.word_count.tar.bz2").write_bytes(b"not bzip2")
     if case == "bad_tag_json":
@@ -266,7 +281,7 @@ def test_missing_or_damaged_vocabulary_files_exit_2_naming_them(case, tmp_path, 
         train[first]["tokens"] = np.arange(len(train[first]["tokens"]), dtype=np.int64)
         (tmp_path / "stackoverflow_train.sqlite").unlink()
         write_fedjax(tmp_path / "stackoverflow_train.sqlite", train)
-    with pytest.raises(DataUnavailableError, match=expect.replace(".", r"\.")):
+    with pytest.raises((DataUnavailableError, ConfigError), match=re.escape(expect)):
         load_natural("stackoverflow", _cfg(tmp_path, vocab=3, tags=2))
     rc = cli.main(["run", "--dataset", "stackoverflow", "--clients", "2", "--rounds", "1", "--set", "data.vocab_size=3",
                    "--set", "data.tag_vocab_size=2", "--set", f"data.data_dir={tmp_path}", "--out", str(tmp_path / "run")])
@@ -326,3 +341,30 @@ def test_tff_stackoverflow_lr_config_runs_on_files_in_its_format(tmp_path, capsy
     cfg = json.loads((out / "config.json").read_text())
     expected = json.loads(path.read_text())
     assert cfg["local"] == {**cfg["local"], **expected["local"]} and cfg["data"]["max_examples"] == 1000
+
+
+def test_a_tff_file_without_its_test_split_exits_2(tmp_path, capsys):
+    train, _ = _users()
+    write_tff(tmp_path / "stackoverflow.sqlite", {"train": train})
+    _write_counts(tmp_path)
+    rc = cli.main(["run", "--dataset", "stackoverflow", "--clients", "2", "--rounds", "1", "--set", "data.vocab_size=40",
+                   "--set", "data.tag_vocab_size=8", "--set", f"data.data_dir={tmp_path}", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no split 'test'" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_vocabularies_repeat_words_once_and_refuse_other_datasets(tmp_path, capsys):
+    from fedjax_sim.data.stackoverflow import word_vocabulary
+
+    (tmp_path / "stackoverflow.word_count").write_text("a 9\nb 8\na 7\nc 6\n")
+    assert word_vocabulary(tmp_path, 3) == [b"a", b"b", b"c"]  # TFF's dict keeps one 'a'
+    rc = cli.main(["run", "--rounds", "1", "--set", "data.vocab_size=50", "--out", str(tmp_path / "run")])
+    assert_config_error(capsys, rc, "data.vocab_size", "50")
+
+
+def test_body_head_algorithms_refuse_the_one_layer_model(tmp_path, capsys):
+    _write_users(tmp_path)
+    rc = cli.main(["run", "--algorithm", "fedper", "--dataset", "stackoverflow", "--clients", "2", "--rounds", "1",
+                   "--set", "data.vocab_size=40", "--set", "data.tag_vocab_size=8", "--set", f"data.data_dir={tmp_path}",
+                   "--out", str(tmp_path / "run")])
+    assert_config_error(capsys, rc, "algorithm", "fedper")

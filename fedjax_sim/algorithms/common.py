@@ -32,7 +32,10 @@ def require_body_head(model, name: str):
           and len(jax.tree.leaves(params["body"])) > 0 and len(jax.tree.leaves(params["head"])) > 0)
     if not ok:
         head = params.get("head", {}).get("mlp", {}) if isinstance(params, dict) else {}
-        raise ConfigError("model.head_layers", len(head) or "all",
+        if len(head) <= 1:  # one layer in all (bow_logreg, a linear mlp): no head_layers can split it
+            raise ConfigError("algorithm", name, f"an algorithm without a body/head split for model {model.name!r} "
+                                                 "(its parameters are one layer, all of it head)")
+        raise ConfigError("model.head_layers", len(head),
                           f"a body/head split with parameters in both parts for {name} (model "
                           f"{model.name!r}: use fewer head layers than the model's dense layers)")
     return params

@@ -15,6 +15,7 @@ and `data` does not import `fedjax_sim.config` (it sits on a lower floor).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, NamedTuple
 
@@ -214,6 +215,11 @@ def validate_data_config(cfg: DataConfig) -> None:
         _check_clusters(cfg)
     if cfg.dataset == "floral_synthetic":
         _check_floral_synthetic(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else {}
+    for name in ("vocab_size", "tag_vocab_size", "bow_denominator"):
+        if name in defaults and getattr(cfg, name) != defaults[name] and cfg.dataset != "stackoverflow":
+            raise ConfigError(f"data.{name}", getattr(cfg, name), f"its default ({defaults[name]}) for data.dataset="
+                              f"{cfg.dataset} (it sizes Stack Overflow's vocabularies)")
     if getattr(cfg, "max_examples", 0) and cfg.dataset not in NATURAL_DATASETS:
         raise ConfigError("data.max_examples", cfg.max_examples, f"0 for data.dataset={cfg.dataset} (it caps the "
                           f"rows of the natural-client files: {', '.join(NATURAL_DATASETS)})")

@@ -182,7 +182,8 @@ SPECS = {
         (Layout("fedjax", "stackoverflow_train.sqlite", "stackoverflow_test.sqlite"),
          Layout("tff", "stackoverflow.sqlite", "stackoverflow.sqlite", ("train", "test"))),
         0, None, {"tff": {"tokens": (), "title": (), "tags": ()}},
-        lambda root, cfg: stackoverflow.tag_rows(root, cfg.vocab_size, cfg.tag_vocab_size), True,
+        lambda root, cfg: stackoverflow.tag_rows(root, cfg.vocab_size, cfg.tag_vocab_size,
+                                                 getattr(cfg, "bow_denominator", "in_vocab")), True,
         f"FedJAX: {GCS}/gresearch/fedjax/stackoverflow/stackoverflow_{{train,test}}.sqlite; TFF: "
         f"{GCS}/tff-datasets-public/stackoverflow.sqlite.lzma (unxz it); with either, the word and tag counts "
         f"{stackoverflow.VOCAB_ORIGIN}", (None,), "multilabel"),
@@ -239,7 +240,11 @@ def read_clients(name: str, layout: Layout, root: Path, num_clients: int) -> tup
         ids = files.tff_client_ids(train_path, layout.splits[0])
         _check_count(num_clients, len(ids), f"{train_path} (split {layout.splits[0]})")
         train = files.read_tff_sqlite(train_path, layout.splits[0], ids[:num_clients], shapes)
-        test_ids = ids[:num_clients] if spec.own_test else files.tff_client_ids(test_path, layout.splits[1])
+        every_test = files.tff_client_ids(test_path, layout.splits[1])
+        if not every_test:
+            raise files.DataFormatError(f"{test_path} has no split {layout.splits[1]!r} (its client_metadata names "
+                                        f"none), which {name}'s TFF file holds beside {layout.splits[0]!r}")
+        test_ids = ids[:num_clients] if spec.own_test else every_test
         test = files.read_tff_sqlite(test_path, layout.splits[1], test_ids, shapes)
     else:
         every = files.read_leaf_dir(train_path)
@@ -303,6 +308,9 @@ def load_natural(name: str, cfg: Any, rng: np.random.Generator | None = None) ->
     else:
         xs_test, ys_test, _ = rows(test, list(test), str(root / layout.test))
         test_ids = None
+    if not sum(len(y) for y in ys_test):  # nothing to evaluate on: a clear line, not metrics of 0
+        raise ConfigError("data.num_clients", cfg.num_clients, f"more clients: none of the first {cfg.num_clients} "
+                          f"has test rows in {root / layout.test}")
     x_shape = spec.input_shape or _widest([*xs, *xs_test])
     y_shape = spec.target_shape if None not in spec.target_shape else _widest([*ys, *ys_test])
     x, x_test = (_stack(v, x_shape, 0, np.float32) for v in (xs, xs_test))
