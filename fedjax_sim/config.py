@@ -106,10 +106,16 @@ class DataConfig:
     # drawn once (file order kept); bounds the [C, N_max] padding of heavy clients (TFF's Stack
     # Overflow baselines cap users at 1,000 sentences). 0 = every row
     max_examples: int = 0
+    # how training rows are held: padded ([C, N_max, ...], each client padded to the largest) |
+    # packed (back to back, [R, ...]: memory grows with the rows; a round gathers its cohort's
+    # rows into the padded shape) | auto (packed for the natural-client files, padded otherwise).
+    # The same numbers either way
+    layout: str = "auto"
     seed: int = -1  # partition seed; -1 = the run seed
 
 
 BOW_DENOMINATORS = ("in_vocab", "all_words")
+DATA_LAYOUTS = ("auto", "padded", "packed")
 
 
 @dataclasses.dataclass
@@ -696,6 +702,7 @@ def validate(cfg: Config) -> None:
     check(d.tag_vocab_size >= 1, "data.tag_vocab_size", d.tag_vocab_size, "an integer >= 1")
     check(d.bow_denominator in BOW_DENOMINATORS, "data.bow_denominator", d.bow_denominator,
           "one of " + ", ".join(BOW_DENOMINATORS))
+    check(d.layout in DATA_LAYOUTS, "data.layout", d.layout, "one of " + ", ".join(DATA_LAYOUTS))
     check(d.max_examples >= 0, "data.max_examples", d.max_examples, "an integer >= 0 (0 = every row)")
     m = cfg.model
     check(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden,

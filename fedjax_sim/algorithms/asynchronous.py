@@ -35,7 +35,6 @@ from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
 from fedjax_sim.algorithms.common import job_work, round_metrics
 from fedjax_sim.config import check
 from fedjax_sim.core.cohort import make_cohort_train
-from fedjax_sim.core.sampling import gather
 from fedjax_sim.errors import ConfigError
 
 
@@ -184,7 +183,7 @@ def _async_algorithm(ctx: BuildContext, name: str, buffer_size: int, aggregator,
     def round_fn(state, data, rin):
         ev = rin.events
         bases = jax.tree.map(lambda r: r[ev["slot"]], state.ring)  # [K, ...]
-        rows, n = gather((data.train, data.n_train), ev["client"])
+        rows, n = data.cohort(ev["client"])
         keys = jax.vmap(lambda j: jax.random.fold_in(state.job_key, j))(ev["job"])
         deltas, stats = train(bases, rows, n, keys)
         extras = dict(bases=bases, staleness=ev["staleness"], progress=ev["progress"],

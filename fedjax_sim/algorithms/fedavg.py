@@ -84,7 +84,7 @@ def _fedavg_family(ctx: BuildContext, name: str, prox_mu: float = 0.0, finetune_
 
         def client_params(state, data, key):
             keys = jax.random.split(key, data.num_clients)
-            return mapped(state.params, data.train, data.n_train, keys)
+            return mapped(state.params, data.train_view(), data.n_train, keys)
 
     return Algorithm(name, init, round_fn, lambda s: s.params, client_params, info)
 

@@ -247,7 +247,7 @@ def _mixture_algorithm(ctx: BuildContext, hp: FloralConfig, name: str, kind: str
         logits = state.clients.router
         if mapped_fit is not None:  # stateless clients fit a router before they predict
             keys = jax.random.split(key, c)
-            logits = mapped_fit(state.shared, state.components, data.train, data.n_train, keys)
+            logits = mapped_fit(state.shared, state.components, data.train_view(), data.n_train, keys)
         return {"shared": replicate(state.shared, c), "components": comps, "router": logits}
 
     def report(state):

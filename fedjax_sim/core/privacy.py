@@ -61,8 +61,9 @@ def membership_inference(metrics_fn: Callable, params, data, stacked: bool,
     client's real training rows (``train["generated"]`` False), non-members = its test rows.
     Returns {"mia_auc": [], "mia_balanced_accuracy": []} (means over the clients with both sets)
     and the per-client [C] arrays (``*_per_client``, NaN where undefined)."""
-    train = {k: v for k, v in data.train.items() if k != "generated"}
-    gen = data.train.get("generated")
+    view = data.train_view()
+    train = {k: v for k, v in view.items() if k != "generated"}
+    gen = view.get("generated")
     n_max, m_max = jax.tree.leaves(train)[0].shape[1], jax.tree.leaves(data.test)[0].shape[1]
     m_mem = jnp.arange(n_max)[None, :] < data.n_train[:, None]
     if gen is not None:

@@ -33,8 +33,9 @@ def cohort_ids(key: jax.Array, num_clients: int, cohort: int) -> jax.Array:
 
 def select_cohort(key: jax.Array, data, cohort: int):
     """One round's cohort: (ids [K] int32, per-client keys [K, 2], cohort data (leaves
-    [K, N_max, ...]), n [K]). ``data`` is a `FederatedData` (its ``train`` / ``n_train``)."""
+    [K, N_max, ...]), n [K]). ``data`` is a `FederatedData` (`FederatedData.cohort`: padded or
+    packed training rows)."""
     k_sample, k_train = jax.random.split(key)
     idx = sample_cohort(k_sample, data.num_clients, cohort)
-    rows, n = gather((data.train, data.n_train), idx)
+    rows, n = data.cohort(idx)
     return idx, jax.random.split(k_train, idx.shape[0]), rows, n

@@ -32,6 +32,9 @@ def describe(data: FederatedData) -> dict:
         "train_per_client": _stats(n_train),
         "test_per_client": _stats(n_test),
         "max_train": data.max_train,
+        # how training rows are held (`FederatedData.packed`); padding_fraction: the share of the
+        # padded [C, N_max] view that is padding (held in memory only when padded)
+        "layout": "packed" if data.packed else "padded",
         "padding_fraction": float(1.0 - n_train.sum() / max(n_train.size * data.max_train, 1)),
         # stacked seeds pad the global set: count its valid rows
         "global_test": (int(np.sum(data.global_test["mask"])) if "mask" in data.global_test

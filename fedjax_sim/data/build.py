@@ -23,7 +23,7 @@ import numpy as np
 
 from fedjax_sim.data.clusters import (CLUSTER_TRANSFORMS, FLORAL_VARIANTS, apply_cluster_transform,
                                      cluster_of, transform_rows)
-from fedjax_sim.data.federated import FederatedData, make_federated, stack_clients
+from fedjax_sim.data.federated import FederatedData, make_federated, pack_clients, stack_clients
 from fedjax_sim.data.multitask import build_hcfmtl_lite
 from fedjax_sim.data.multitask import check_config as check_hcfmtl_lite
 from fedjax_sim.data.partition import (PARTITIONS, TRANSFORM_PARTITIONS, draw_client_tests,
@@ -225,28 +225,38 @@ def validate_data_config(cfg: DataConfig) -> None:
                           f"rows of the natural-client files: {', '.join(NATURAL_DATASETS)})")
 
 
-def padded_bytes(rows: list) -> int:
-    """Bytes of the [C, N_max, ...] arrays `stack_clients` makes of per-client (x, y) rows."""
-    n_max = max([len(y) for _, y in rows] + [1])
+def resolve_layout(cfg: DataConfig) -> str:
+    """``data.layout``: ``auto`` is ``packed`` for the natural-client files (clients of very
+    unequal sizes), ``padded`` otherwise."""
+    layout = getattr(cfg, "layout", "auto")
+    return layout if layout != "auto" else ("packed" if cfg.dataset in NATURAL_DATASETS else "padded")
+
+
+def padded_bytes(rows: list, packed: bool = False) -> int:
+    """Bytes of the arrays `stack_clients` ([C, N_max, ...]) or, ``packed``, `pack_clients`
+    ([R, ...]) makes of per-client (x, y) rows."""
+    n = [len(y) for _, y in rows]
     per_row = sum(int(np.prod(a.shape[1:], dtype=np.int64)) * 4 for a in rows[0]) if rows else 0
-    return len(rows) * n_max * per_row
+    return (sum(n) if packed else len(rows) * max(n + [1])) * per_row
 
 
-def check_padded_fits(cfg: DataConfig, train_rows: list, test_rows: list) -> None:
-    """ConfigError (data.num_clients) when the clients' rows padded to the largest client's would
-    not fit the host's available memory: a clear line instead of an out-of-memory kill."""
+def check_padded_fits(cfg: DataConfig, train_rows: list, test_rows: list, packed: bool = False) -> None:
+    """ConfigError (data.num_clients) when the clients' training rows (padded to the largest
+    client's, or ``packed``) and test rows (padded) would not fit the host's available memory: a
+    clear line instead of an out-of-memory kill."""
     try:
         import psutil
     except ImportError:  # cannot tell: try
         return
-    need, available = padded_bytes(train_rows) + padded_bytes(test_rows), int(psutil.virtual_memory().available)
+    need = padded_bytes(train_rows, packed) + padded_bytes(test_rows)
+    available = int(psutil.virtual_memory().available)
     if need > available:
         n_max = max([len(y) for _, y in train_rows] + [1])
         cap = (" or a smaller data.max_examples" if cfg.dataset in NATURAL_DATASETS else "")
+        held = "back to back" if packed else f"padded to the largest client's ({n_max} training rows)"
         raise ConfigError("data.num_clients", cfg.num_clients,
-                          f"fewer clients{cap}: their rows padded to the largest client's ({n_max} training "
-                          f"rows) need {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of "
-                          "memory available")
+                          f"fewer clients{cap}: their rows {held} need {need / 2**30:.1f} GiB, more than the "
+                          f"{available / 2**30:.1f} GiB of memory available")
 
 
 def _knobs(fn, cfg: DataConfig, **extra) -> dict:
@@ -408,8 +418,12 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
                                             transform, num_clusters, int(src.num_classes))
     elif src.clusters is not None:
         cluster = np.asarray(src.clusters, np.int32)
-    check_padded_fits(cfg, train_rows, test_rows)
-    x_train, y_train, n_train = stack_clients([r[0] for r in train_rows], [r[1] for r in train_rows])
+    packed = resolve_layout(cfg) == "packed"
+    check_padded_fits(cfg, train_rows, test_rows, packed)
+    if packed:
+        x_train, y_train, n_train, train_start = pack_clients([r[0] for r in train_rows], [r[1] for r in train_rows])
+    else:
+        x_train, y_train, n_train = stack_clients([r[0] for r in train_rows], [r[1] for r in train_rows])
     x_ctest, y_ctest, n_test = stack_clients([r[0] for r in test_rows], [r[1] for r in test_rows])
     if fraction > 0:  # the global validation set: every client's validation rows, as it sees them
         x_test = np.concatenate([r[0] for r in test_rows])
@@ -417,6 +431,8 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     data = make_federated(x_train, y_train, n_train, x_ctest, y_ctest, n_test, x_test, y_test,
                           num_classes=int(src.num_classes), target_kind=src.target_kind,
                           name=cfg.dataset, cluster=cluster)
+    if packed:
+        data = data.replace(train_start=train_start, packed_rows=max(int(n_train.max(initial=0)), 1))
     if proxy is not None:
         data = data.replace(proxy=proxy)
     if public is not None:

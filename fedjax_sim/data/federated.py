@@ -4,6 +4,12 @@ Clients have unequal sizes; arrays are padded to the largest client and `n_*` ho
 of valid rows, so every shape is static and a whole population lives on device as a handful of
 arrays. Examples are pytrees (``{"x": ..., "y": ...}``; a multi-task source has one target per
 task), so nothing here assumes labels are class ids.
+
+Training rows may instead be *packed* (``data.layout``): every client's rows back to back,
+``train`` leaves [R, ...] with R the total rows, and ``train_start`` [C] where each client's rows
+begin. Memory then grows with the rows, not with C x N_max. Readers take the padded view of a
+cohort through `FederatedData.cohort` (gathered rows, zeros past each client's count: the same
+arrays the padded layout holds) or of everyone through `FederatedData.train_view`.
 """
 from __future__ import annotations
 
@@ -47,6 +53,9 @@ class FederatedData:
         client's rows so that the early phase trains on a prefix of them), or None. `at_round`
         applies it; with it, ``train["generated"]`` [C, N_max] bool marks generated rows.
       early_rounds: static number of rounds that use ``n_early``.
+      train_start: [C] int32 first row of each client in packed ``train`` leaves [R, ...]
+        (``[S, C]`` when stacked), or None when ``train`` is padded [C, N_max, ...].
+      packed_rows: static N_max of the padded view of packed training rows (0 when padded).
     """
 
     train: dict
@@ -63,6 +72,37 @@ class FederatedData:
     public: Any = None
     n_early: Any = None
     early_rounds: int = flax.struct.field(pytree_node=False, default=0)
+    train_start: Any = None
+    packed_rows: int = flax.struct.field(pytree_node=False, default=0)
+
+    @property
+    def packed(self) -> bool:
+        return self.train_start is not None
+
+    def cohort(self, idx):
+        """(rows: ``train`` leaves [K, N_max, ...] of the clients ``idx`` [K], n [K]), zeros past
+        each client's ``n_train`` in either layout."""
+        import jax.numpy as jnp
+
+        n = self.n_train[idx]
+        if not self.packed:
+            return jax.tree.map(lambda a: a[idx], self.train), n
+        steps = jnp.arange(self.packed_rows)
+        valid = steps[None, :] < n[:, None]  # [K, N_max]
+        pos = jnp.where(valid, self.train_start[idx][:, None] + steps[None, :], 0)
+
+        def take(a):
+            rows = jnp.take(a, pos, axis=0)  # [K, N_max, ...]
+            return jnp.where(valid.reshape(valid.shape + (1,) * (a.ndim - 1)), rows, jnp.zeros((), a.dtype))
+
+        return jax.tree.map(take, self.train), n
+
+    def train_view(self) -> dict:
+        """Every client's training rows as padded leaves [C, N_max, ...] (packed data gathers
+        them: the memory of the padded layout, for as long as the caller holds them)."""
+        import jax.numpy as jnp
+
+        return self.train if not self.packed else self.cohort(jnp.arange(self.num_clients))[0]
 
     def at_round(self, index):
         """The data round ``index`` ([] int, traced) trains on: ``n_train`` replaced by
@@ -79,18 +119,18 @@ class FederatedData:
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        return tuple(self.train["x"].shape[2:])
+        return tuple(self.train["x"].shape[1 if self.packed else 2:])
 
     @property
     def target_shape(self) -> tuple[int, ...]:
         """Per-example target shape: () for class ids, scalar regression and multi-task data."""
         if isinstance(self.train["y"], dict):
             return ()
-        return tuple(self.train["y"].shape[2:])
+        return tuple(self.train["y"].shape[1 if self.packed else 2:])
 
     @property
     def max_train(self) -> int:
-        return int(self.train["x"].shape[1])
+        return self.packed_rows if self.packed else int(self.train["x"].shape[1])
 
     @property
     def global_size(self) -> int:
@@ -133,6 +173,44 @@ def stack_clients(xs: list[np.ndarray], ys: list[np.ndarray], min_rows: int = 1)
     return x, y, n
 
 
+def pack_clients(xs: list[np.ndarray], ys: list[np.ndarray]):
+    """Per-client arrays back to back (the packed layout).
+
+    Args:
+      xs, ys: C arrays [n_c, ...] each, as for `stack_clients`.
+
+    Returns:
+      (x [R, ...] float32, y [R, ...], n [C] int32, start [C] int32) as numpy arrays, R the total
+      rows (at least 1: a population without rows keeps one zero row to gather from).
+    """
+    n = np.array([len(y) for y in ys], dtype=np.int32)
+    start = (np.cumsum(n) - n).astype(np.int32)
+    ydtype: Any = np.int32 if np.issubdtype(np.asarray(ys[0]).dtype, np.integer) else np.float32
+    rows = max(int(n.sum()), 1)
+    x = np.zeros((rows, *xs[0].shape[1:]), np.float32)
+    y = np.zeros((rows, *np.asarray(ys[0]).shape[1:]), ydtype)
+    for c, (xc, yc) in enumerate(zip(xs, ys)):
+        x[start[c]:start[c] + n[c]], y[start[c]:start[c] + n[c]] = xc, yc
+    return x, y, n, start
+
+
+def padded(data: FederatedData) -> FederatedData:
+    """``data`` with its training rows in the padded layout [C, N_max, ...] (numpy; itself when
+    already padded), for host-side consumers that rewrite the rows (FedGC's augmentation)."""
+    if not data.packed:
+        return data
+    n, start = np.asarray(data.n_train), np.asarray(data.train_start)
+
+    def unpack(a):
+        a = np.asarray(a)
+        out = np.zeros((len(n), data.packed_rows, *a.shape[1:]), a.dtype)
+        for c in range(len(n)):
+            out[c, :n[c]] = a[start[c]:start[c] + n[c]]
+        return out
+
+    return data.replace(train=jax.tree.map(unpack, data.train), train_start=None, packed_rows=0)
+
+
 def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:
     a = np.asarray(a)
     width = [(0, 0)] * a.ndim
@@ -152,39 +230,44 @@ def stack_trials(datas: list[FederatedData]) -> FederatedData:
     Returns:
       FederatedData whose leaves are [S, C, N_max, ...] (train), [S, C] (n_train), [S, C, M_max,
       ...] (test), [S, C] (n_test), [S, T, ...] (global_test, with ``mask``), [S, C] (cluster,
-      when the datasets have one). ValueError when the datasets differ in anything but their
-      padded lengths and cluster ids (clients, features, targets, classes, having clusters).
+      when the datasets have one); packed training rows are [S, R_max, ...] with ``train_start``
+      [S, C]. ValueError when the datasets differ in anything but their padded lengths and
+      cluster ids (clients, features, targets, classes, having clusters, layout).
     """
     first = datas[0]
     signature = lambda d: (d.num_clients, d.feature_shape, d.target_shape, d.num_classes,
                            d.target_kind, d.name, tuple(sorted(d.train)), d.cluster is None, d.tasks,
                            None if d.proxy is None else d.proxy["x"].shape,
                            None if d.public is None else d.public["x"].shape, d.n_early is None,
-                           d.early_rounds)
+                           d.early_rounds, d.packed)
     for d in datas[1:]:
         if signature(d) != signature(first):
             raise ValueError(f"seeds give datasets of different structure: {signature(d)} vs {signature(first)}")
     n_max = max(d.max_train for d in datas)
+    r_max = max(jax.tree.leaves(d.train)[0].shape[0] for d in datas)  # packed: rows of the largest
     m_max = max(jax.tree.leaves(d.test)[0].shape[1] for d in datas)
     t_max = max(d.global_size for d in datas)
 
-    def padded(d: FederatedData):
+    def common(d: FederatedData):  # d padded to the set's common lengths
         t = d.global_size
         glob = {k: jax.tree.map(lambda a: _pad_axis(a, 0, t_max), v)
                 for k, v in d.global_test.items() if k != "mask"}
         glob["mask"] = np.arange(t_max) < t if "mask" not in d.global_test else _pad_axis(d.global_test["mask"], 0, t_max)
         cluster = None if d.cluster is None else np.asarray(d.cluster)
-        return (jax.tree.map(lambda a: _pad_axis(a, 1, n_max), d.train), np.asarray(d.n_train),
+        train = jax.tree.map(lambda a: _pad_axis(a, 0, r_max) if d.packed else _pad_axis(a, 1, n_max), d.train)
+        return (train, np.asarray(d.n_train),
                 jax.tree.map(lambda a: _pad_axis(a, 1, m_max), d.test), np.asarray(d.n_test), glob,
-                cluster, d.proxy, d.public, None if d.n_early is None else np.asarray(d.n_early))
+                cluster, d.proxy, d.public, None if d.n_early is None else np.asarray(d.n_early),
+                None if d.train_start is None else np.asarray(d.train_start))
 
-    parts = [padded(d) for d in datas]
-    train, n_train, test, n_test, glob, cluster, proxy, public, n_early = jax.tree.map(
+    parts = [common(d) for d in datas]
+    train, n_train, test, n_test, glob, cluster, proxy, public, n_early, start = jax.tree.map(
         lambda *xs: np.stack(xs), *parts)
     return FederatedData(train, n_train, test, n_test, glob, num_classes=first.num_classes,
                          target_kind=first.target_kind, name=first.name, cluster=cluster,
                          tasks=first.tasks, proxy=proxy, public=public, n_early=n_early,
-                         early_rounds=first.early_rounds)
+                         early_rounds=first.early_rounds, train_start=start,
+                         packed_rows=n_max if first.packed else 0)
 
 
 def trial(data: FederatedData, s: int) -> FederatedData:

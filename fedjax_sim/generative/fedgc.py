@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_sim.config import FEDGC_CHOICES
+from fedjax_sim.data.federated import padded
 from fedjax_sim.errors import ConfigError
 from fedjax_sim.generative import allocation, fidelity
 from fedjax_sim.generative import generators as gens
@@ -257,6 +258,7 @@ def augment(data, fcfg, rounds: int, seed: int, public_ids: np.ndarray, client_i
       wall time: fitting, generation and judging) plus the generator's source and path).
     """
     check(data)
+    data = padded(data)  # FedGC rewrites each client's rows in place: the padded layout
     start = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(seed), GEN_KEY)
     k_fit, k_stage = jax.random.split(key)
