@@ -102,14 +102,14 @@ class DataConfig:
     # baseline today) | all_words (every word, out-of-vocabulary ones too: the google-research/
     # federated pipeline of Reddi et al. 2021's FedOpt experiments)
     bow_denominator: str = "in_vocab"
-    # natural-client files: > 0 keeps at most this many training rows per client, a seeded sample
-    # drawn once (file order kept); bounds the [C, N_max] padding of heavy clients (TFF's Stack
-    # Overflow baselines cap users at 1,000 sentences). 0 = every row
+    # natural-client files: > 0 keeps each client's first this many training rows (the FedOpt
+    # pipeline's take(N): Stack Overflow users capped at 1,000 sentences). 0 = every row
     max_examples: int = 0
     # how training rows are held: padded ([C, N_max, ...], each client padded to the largest) |
     # packed (back to back, [R, ...]: memory grows with the rows; a round gathers its cohort's
     # rows into the padded shape) | auto (packed for the natural-client files, padded otherwise).
-    # The same numbers either way
+    # The same numbers either way. Multi-task data and FedGC runs are always padded; a mesh that
+    # splits the data by client pads packed rows under auto (resolved.data_placement)
     layout: str = "auto"
     seed: int = -1  # partition seed; -1 = the run seed
 

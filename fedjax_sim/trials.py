@@ -37,6 +37,7 @@ from fedjax_sim.core.clients import on_device, to_host_memory
 from fedjax_sim.core.driver import RoundInput, compiler_options, count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.core.privacy import membership_inference
+from fedjax_sim.data.federated import padded
 from fedjax_sim.errors import ConfigError, DivergedError
 
 MODES = ("auto", "vmap", "sequential")
@@ -104,6 +105,22 @@ def _data_bytes(datas) -> int:
 
 def _tree_bytes(tree) -> int:
     return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
+
+
+def data_placement(prep) -> tuple[str, bool]:
+    """(how the data lies over the run's devices, whether packed training rows are padded for it):
+    ``device`` without a mesh, else `parallel.data_placement`. Only whole clients split over a
+    mesh, so packed rows (``data.layout`` auto) are padded where it splits the data; packed rows
+    the user asked for stay packed and are replicated."""
+    mesh = prep.mapping.mesh
+    if mesh is None:
+        return "device", False
+    placement = parallel.data_placement(prep.data.num_clients, mesh)
+    if not prep.data.packed or placement != "split":
+        return placement, False
+    if prep.config.data.layout == "auto":
+        return "split (packed rows padded to split by client)", True
+    return "replicated (data.layout=packed)", False
 
 
 def memory_estimate(prep, data, trials_in_program: int) -> dict:
@@ -444,6 +461,8 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         if mesh is None:
             data = jax.device_put(data)
         else:  # split over the devices by client where they divide the population
+            if data_placement(prep)[1]:
+                data = padded(data, stacked=axes.seeds)
             data = parallel.put_clients(data, mesh, prep.data.num_clients, axis=1 if axes.seeds else 0)
         keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
         if not axes.seeds:
@@ -797,8 +816,7 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
                             "model": prep.model.name, "task": prep.task.name, **prep.algorithm.info,
                             "backend": jax.default_backend(),
                             "devices": 1 if prep.mapping.mesh is None else prep.mapping.mesh.size,
-                            "data_placement": ("device" if prep.mapping.mesh is None else
-                                               parallel.data_placement(prep.data.num_clients, prep.mapping.mesh)),
+                            "data_placement": data_placement(prep)[0],
                             "processes": jax.process_count(),
                             "local_padding": runner.padding_summary(prep),
                             "state_memory": {"memory": pg.state_memory[0], "reason": pg.state_memory[1]},

@@ -151,6 +151,7 @@ def write_table(records: list, path: str, stamp: str, a) -> None:
     layout = [r for r in records if r.get("part") == "layout"]
     if layout:
         total = sizes["total"]
+        clients = round(total / sizes["mean"])  # the records' population (not --clients' default)
         lines += ["", ("Training rows padded to the largest client or packed back to back (data.layout), trimmed "
                        "steps. Train bytes: the training arrays (exact, from the sizes); peak RSS: the whole process "
                        "(data loading, JAX, compiled programs); ratio = samples/s against padded in the same "
@@ -162,7 +163,7 @@ def write_table(records: list, path: str, stamp: str, a) -> None:
                 rows = [r for r in layout if r["workload"] == name and r["layout"] == kind]
                 if not rows:
                     continue
-                held = (total if kind == "packed" else a.clients * rows[0]["max_train"]) * ROW_BYTES
+                held = (total if kind == "packed" else clients * rows[0]["max_train"]) * ROW_BYTES
                 rss = statistics.median(r["peak_rss"] for r in rows)
                 speed = statistics.median(r["samples_per_s"] for r in rows)
                 ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)

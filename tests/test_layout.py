@@ -62,8 +62,9 @@ def test_stacked_packed_seeds_keep_each_seeds_cohort():
 
 
 def test_runs_are_identical_in_either_layout(tmp_path, capsys):
-    """SCAFFOLD (per-client state), two vmapped seeds, on natural-client files: every metrics line is the
-    same whether training rows are padded or packed (auto packs natural files)."""
+    """SCAFFOLD (per-client state), two vmapped seeds, on natural-client files capped at 5 rows
+    per user: every metrics line is the same whether training rows are padded or packed (auto
+    packs natural files)."""
     _write_users(tmp_path)
     lines = {}
     for layout in ("padded", "auto"):
@@ -71,6 +72,7 @@ def test_runs_are_identical_in_either_layout(tmp_path, capsys):
         rc = cli.main(["run", "--algorithm", "scaffold", "--dataset", "stackoverflow", "--clients", "4",
                        "--seeds", "2", "--rounds", "2", "--cohort", "3", "--set", "eval_every=1", "--set", "local.lr=50",
                        "--set", "data.vocab_size=40", "--set", "data.tag_vocab_size=8", "--set", f"data.layout={layout}",
+                       "--set", "data.max_examples=5",
                        "--set", f"data.data_dir={tmp_path}", "--no-progress", "--out", str(out)])
         assert rc == 0, capsys.readouterr().err
         lines[layout] = (out / "metrics.jsonl").read_text()

@@ -32,7 +32,7 @@ from fedjax_sim.aggregators import chain, distillation_correction, mean, rebase,
 from fedjax_sim.aggregators import staleness_weighted
 from fedjax_sim.aggregators.asynchronous import GATES, SCHEDULES, STALENESS
 from fedjax_sim.algorithms.base import Algorithm, BuildContext, register
-from fedjax_sim.algorithms.common import job_work, round_metrics
+from fedjax_sim.algorithms.common import job_work, require_classification, round_metrics
 from fedjax_sim.config import check
 from fedjax_sim.core.cohort import make_cohort_train
 from fedjax_sim.errors import ConfigError
@@ -236,6 +236,7 @@ def fedbuff(ctx: BuildContext, hp: FedBuffConfig) -> Algorithm:
                     "(data.proxy_fraction), with a weight that grows with training (fedadt.*)",
           FedADTConfig)
 def fedadt(ctx: BuildContext, hp: dict) -> Algorithm:
+    require_classification(ctx.task, "fedadt", "it distills softmax outputs and gates on their maximum")
     own = hp["fedadt"]
     base = hp[own.base]
     kd_lr = own.kd_lr if not (isinstance(own.kd_lr, (int, float)) and own.kd_lr == 0) else ctx.client_optimizer.learning_rate

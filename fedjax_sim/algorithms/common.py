@@ -41,10 +41,9 @@ def require_body_head(model, name: str):
     return params
 
 
-def require_classification(task, name: str):
+def require_classification(task, name: str, why: str = "it compares class probabilities of classifier heads"):
     if task.target_kind != "class":
-        raise ConfigError("task.name", task.name, f"classification for {name} (it compares class "
-                                                  "probabilities of classifier heads)")
+        raise ConfigError("task.name", task.name, f"classification for {name} ({why})")
 
 
 def job_work(ctx) -> tuple:

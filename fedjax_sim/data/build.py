@@ -240,7 +240,7 @@ def padded_bytes(rows: list, packed: bool = False) -> int:
     return (sum(n) if packed else len(rows) * max(n + [1])) * per_row
 
 
-def check_padded_fits(cfg: DataConfig, train_rows: list, test_rows: list, packed: bool = False) -> None:
+def check_rows_fit(cfg: DataConfig, train_rows: list, test_rows: list, packed: bool = False) -> None:
     """ConfigError (data.num_clients) when the clients' training rows (padded to the largest
     client's, or ``packed``) and test rows (padded) would not fit the host's available memory: a
     clear line instead of an out-of-memory kill."""
@@ -398,7 +398,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
 
     ydtype = np.float32 if real else np.int32
     y, y_test = pools.y.astype(ydtype), pools.y_test.astype(ydtype)
-    x, x_test = pools.x.astype(np.float32), pools.x_test.astype(np.float32)
+    x, x_test = pools.x.astype(np.float32, copy=False), pools.x_test.astype(np.float32, copy=False)
     fraction = getattr(cfg, "validation_fraction", 0.0)
     if fraction > 0:  # a tuning run: validation rows stand in for the test rows, never seen
         train_idx, test_idx = carve_validation(pools.strata, train_idx, fraction, validation_rng)
@@ -419,7 +419,7 @@ def build_federated(cfg: DataConfig, run_seed: int, return_assignment: bool = Fa
     elif src.clusters is not None:
         cluster = np.asarray(src.clusters, np.int32)
     packed = resolve_layout(cfg) == "packed"
-    check_padded_fits(cfg, train_rows, test_rows, packed)
+    check_rows_fit(cfg, train_rows, test_rows, packed)
     if packed:
         x_train, y_train, n_train, train_start = pack_clients([r[0] for r in train_rows], [r[1] for r in train_rows])
     else:

@@ -17,18 +17,20 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-TARGET_KINDS = ("class", "real")
+TARGET_KINDS = ("class", "real", "multilabel", "multi")
 
 
 @flax.struct.dataclass
 class FederatedData:
-    """Stacked, padded per-client data plus a global test set.
+    """Stacked per-client data plus a global test set.
 
     Attributes:
       train: dict of [C, N_max, ...] leaves, at least ``x`` (inputs) and ``y`` (targets: int32
-        class ids [C, N_max] or float32 values [C, N_max, ...]); padding rows are 0.
+        class ids [C, N_max] or float32 values [C, N_max, ...]); padding rows are 0. Packed
+        (``train_start`` set): [R, ...] leaves, every client's rows back to back.
       n_train: [C] int32 valid training rows per client.
       test: dict of [C, M_max, ...] leaves, the same keys: each client's own test split, drawn
         from its own distribution and disjoint from every client's training rows.
@@ -82,8 +84,6 @@ class FederatedData:
     def cohort(self, idx):
         """(rows: ``train`` leaves [K, N_max, ...] of the clients ``idx`` [K], n [K]), zeros past
         each client's ``n_train`` in either layout."""
-        import jax.numpy as jnp
-
         n = self.n_train[idx]
         if not self.packed:
             return jax.tree.map(lambda a: a[idx], self.train), n
@@ -100,8 +100,6 @@ class FederatedData:
     def train_view(self) -> dict:
         """Every client's training rows as padded leaves [C, N_max, ...] (packed data gathers
         them: the memory of the padded layout, for as long as the caller holds them)."""
-        import jax.numpy as jnp
-
         return self.train if not self.packed else self.cohort(jnp.arange(self.num_clients))[0]
 
     def at_round(self, index):
@@ -109,8 +107,6 @@ class FederatedData:
         ``n_early`` while ``index < early_rounds`` (itself when there is no staged schedule)."""
         if self.n_early is None or self.early_rounds <= 0:
             return self
-        import jax.numpy as jnp
-
         return self.replace(n_train=jnp.where(index < self.early_rounds, self.n_early, self.n_train))
 
     @property
@@ -164,13 +160,18 @@ def stack_clients(xs: list[np.ndarray], ys: list[np.ndarray], min_rows: int = 1)
     n = np.array([len(y) for y in ys], dtype=np.int32)
     n_max = max(int(n.max(initial=0)), min_rows)
     feat = xs[0].shape[1:]
-    ydtype: Any = np.int32 if np.issubdtype(np.asarray(ys[0]).dtype, np.integer) else np.float32
+    ydtype = _target_dtype(ys)
     x = np.zeros((len(xs), n_max, *feat), dtype=np.float32)
     y = np.zeros((len(ys), n_max, *np.asarray(ys[0]).shape[1:]), dtype=ydtype)
     for c, (xc, yc) in enumerate(zip(xs, ys)):
         x[c, : len(yc)] = xc
         y[c, : len(yc)] = yc
     return x, y, n
+
+
+def _target_dtype(ys: list):
+    """int32 for class ids, float32 for real values (of the first client's targets)."""
+    return np.int32 if np.issubdtype(np.asarray(ys[0]).dtype, np.integer) else np.float32
 
 
 def pack_clients(xs: list[np.ndarray], ys: list[np.ndarray]):
@@ -185,30 +186,23 @@ def pack_clients(xs: list[np.ndarray], ys: list[np.ndarray]):
     """
     n = np.array([len(y) for y in ys], dtype=np.int32)
     start = (np.cumsum(n) - n).astype(np.int32)
-    ydtype: Any = np.int32 if np.issubdtype(np.asarray(ys[0]).dtype, np.integer) else np.float32
     rows = max(int(n.sum()), 1)
     x = np.zeros((rows, *xs[0].shape[1:]), np.float32)
-    y = np.zeros((rows, *np.asarray(ys[0]).shape[1:]), ydtype)
+    y = np.zeros((rows, *np.asarray(ys[0]).shape[1:]), _target_dtype(ys))
     for c, (xc, yc) in enumerate(zip(xs, ys)):
         x[start[c]:start[c] + n[c]], y[start[c]:start[c] + n[c]] = xc, yc
     return x, y, n, start
 
 
-def padded(data: FederatedData) -> FederatedData:
-    """``data`` with its training rows in the padded layout [C, N_max, ...] (numpy; itself when
-    already padded), for host-side consumers that rewrite the rows (FedGC's augmentation)."""
+def padded(data: FederatedData, stacked: bool = False) -> FederatedData:
+    """``data`` with its training rows in the padded layout [C, N_max, ...] (itself when already
+    padded; ``stacked``: seeds on a leading axis, `stack_trials`): for consumers that need whole
+    clients, FedGC's augmentation (which rewrites each client's rows) and a mesh that splits the
+    data by client."""
     if not data.packed:
         return data
-    n, start = np.asarray(data.n_train), np.asarray(data.train_start)
-
-    def unpack(a):
-        a = np.asarray(a)
-        out = np.zeros((len(n), data.packed_rows, *a.shape[1:]), a.dtype)
-        for c in range(len(n)):
-            out[c, :n[c]] = a[start[c]:start[c] + n[c]]
-        return out
-
-    return data.replace(train=jax.tree.map(unpack, data.train), train_start=None, packed_rows=0)
+    view = jax.vmap(FederatedData.train_view)(data) if stacked else data.train_view()
+    return data.replace(train=view, train_start=None, packed_rows=0)
 
 
 def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:

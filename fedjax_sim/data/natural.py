@@ -265,11 +265,12 @@ def _check_count(requested: int, available: int, where) -> None:
         raise ConfigError("data.num_clients", requested, f"at most {available} (the clients in {where})")
 
 
-def load_natural(name: str, cfg: Any, rng: np.random.Generator | None = None) -> Source:
+def load_natural(name: str, cfg: Any) -> Source:
     """A natural-client `Source`: the first ``cfg.num_clients`` clients' training rows as the
     train pool with ``client_ids`` 0..C-1 in the format's order, their test rows (or the whole
-    test split) as the test pool. With ``cfg.max_examples`` > 0 a client with more training rows
-    keeps a sample of that many drawn with ``rng`` (in their order). Rows of ragged width (Stack
+    test split) as the test pool. With ``cfg.max_examples`` > 0 a client keeps its first that
+    many training rows (google-research/federated's ``take(max_elements_per_client)``, before its
+    per-round shuffle). Rows of ragged width (Stack
     Overflow's words and tags) are padded to the longest of train and test: x with zeros, y with
     -1."""
     spec = SPECS[name]
@@ -281,19 +282,17 @@ def load_natural(name: str, cfg: Any, rng: np.random.Generator | None = None) ->
     num_classes = cfg.tag_vocab_size if multilabel else spec.num_classes
 
     cap = getattr(cfg, "max_examples", 0)
-    rng = np.random.default_rng(0) if rng is None else rng
 
     def rows(raw: dict, clients: list, where: str, capped: bool = False):
         xs, ys = [], []
         for c in clients:
-            x, y = rows_of(raw[c], layout.format, where, c)
+            x, y = rows_of(raw.pop(c), layout.format, where, c)  # pop: the raw features go as rows come
             if len(x) != len(y):
                 raise files.DataFormatError(f"{where}: client {c!r} has {len(x)} inputs and {len(y)} labels")
             if y.size and (y.min() < (-1 if multilabel else 0) or y.max() >= num_classes):
                 raise files.DataFormatError(f"{where}: client {c!r} has labels outside [0, {num_classes})")
             if capped and cap and len(x) > cap:
-                keep = np.sort(rng.choice(len(x), cap, replace=False))
-                x, y = _narrowest(x[keep]), y[keep]
+                x, y = _narrowest(x[:cap]), y[:cap]
             xs.append(x)
             ys.append(np.asarray(y, np.int32))
         owner = np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(ys)] + [np.zeros(0, np.int64)])
@@ -308,7 +307,8 @@ def load_natural(name: str, cfg: Any, rng: np.random.Generator | None = None) ->
     else:
         xs_test, ys_test, _ = rows(test, list(test), str(root / layout.test))
         test_ids = None
-    if not sum(len(y) for y in ys_test):  # nothing to evaluate on: a clear line, not metrics of 0
+    if not sum(len(y) for y in ys_test) and not getattr(cfg, "validation_fraction", 0.0):
+        # nothing to evaluate on (a tuning run evaluates on validation rows instead): a clear line
         raise ConfigError("data.num_clients", cfg.num_clients, f"more clients: none of the first {cfg.num_clients} "
                           f"has test rows in {root / layout.test}")
     x_shape = spec.input_shape or _widest([*xs, *xs_test])
@@ -325,7 +325,7 @@ def load_natural(name: str, cfg: Any, rng: np.random.Generator | None = None) ->
 
 def _narrowest(x: np.ndarray) -> np.ndarray:
     """Sparse bag-of-words rows x [n, L, 2] without the trailing pairs that every row pads (the
-    sample of a client's rows may not need its widest post's width); other rows as they are."""
+    rows a client keeps may not need its widest post's width); other rows as they are."""
     if x.ndim != 3 or x.shape[-1] != 2:
         return x
     used = np.flatnonzero((x[..., 1] != 0).any(0))  # pairs are packed from the start of a row
@@ -350,7 +350,8 @@ def _stack(arrays: list, shape: tuple, fill, dtype) -> np.ndarray:
 
 def loader(name: str) -> Callable:
     def load(cfg: Any, rng: np.random.Generator) -> Source:
-        return load_natural(name, cfg, rng)  # rng: only the data.max_examples samples
+        del rng  # the clients and their rows are the files'; nothing is drawn
+        return load_natural(name, cfg)
 
     load.__name__ = f"load_{name}"
     load.__doc__ = f"Natural-client `{name}` from data.data_dir (see `load_natural`)."

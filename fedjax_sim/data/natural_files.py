@@ -95,9 +95,9 @@ def read_fedjax_sqlite(path: Path, limit: int | None = None, ids: Iterable[str] 
             rows = conn.execute(f"SELECT client_id, data FROM {FEDJAX_TABLE} ORDER BY rowid"
                                 + ("" if limit is None else f" LIMIT {int(limit)}"))
         else:  # by primary key: a few clients of a large file (Stack Overflow's 204k test users)
-            rows = sorted(_fedjax_rows_of(conn, list(ids)))
+            rows = _fedjax_rows_of(conn, list(ids))
         out = {}
-        for *_, cid, blob in rows:
+        for cid, blob in rows:
             name = cid.decode("utf-8") if isinstance(cid, bytes) else str(cid)
             try:
                 out[name] = decode_fedjax_examples(blob)
@@ -109,14 +109,16 @@ def read_fedjax_sqlite(path: Path, limit: int | None = None, ids: Iterable[str] 
         conn.close()
 
 
-def _fedjax_rows_of(conn: sqlite3.Connection, ids: list, chunk: int = 400):
-    """(rowid, client_id, data) of the clients ``ids`` present (ids are BLOBs in FedJAX's files,
-    text in some converted ones: both are asked for)."""
+def _fedjax_rows_of(conn: sqlite3.Connection, ids: list, chunk: int = 400) -> list:
+    """[(client_id, data)] of the clients ``ids`` present, in rowid order (ids are BLOBs in
+    FedJAX's files, text in some converted ones: both are asked for)."""
+    found = []
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         keys = [i.encode("utf-8") for i in part] + list(part)
-        yield from conn.execute(f"SELECT rowid, client_id, data FROM {FEDJAX_TABLE} WHERE client_id IN "
-                                f"({', '.join('?' * len(keys))})", keys)
+        found += conn.execute(f"SELECT rowid, client_id, data FROM {FEDJAX_TABLE} WHERE client_id IN "
+                              f"({', '.join('?' * len(keys))})", keys).fetchall()
+    return [(cid, blob) for _, cid, blob in sorted(found, key=lambda row: row[0])]
 
 
 def write_fedjax_sqlite(path: Path, clients: dict) -> None:

@@ -16,7 +16,8 @@ tag_prediction_preprocessing.py``, ``.../datasets/stackoverflow.py``):
   (``utils/datasets/stackoverflow_tag_prediction.py``: the mean of one-hots over V + 1 columns,
   the OOV column dropped), which Reddi et al. 2021's FedOpt experiments used;
 * its tags are ``tags`` split on ``|``; out-of-vocabulary tags are dropped; y is the multi-hot
-  vector over the tag vocabulary.
+  vector over the tag vocabulary (TFF sums one-hots, so a tag repeated within a post would be a
+  target of 2 there: only the loss differs, Keras' metrics cast targets to bool).
 
 Stored sparse (a [V] vector per row would hold 10,000 floats): x [L, 2] (word id, frequency) of
 the post's distinct in-vocabulary words and y [M] tag ids, padded with (0, 0) pairs and -1 to the
@@ -31,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from fedjax_sim.data.natural_files import DataFormatError
 from fedjax_sim.errors import ConfigError, DataUnavailableError
 
 WORD_COUNTS, TAG_COUNTS = "stackoverflow.word_count", "stackoverflow.tag_count"
@@ -124,8 +126,6 @@ def tag_rows(root: Path, vocab_size: int, tag_vocab_size: int, denominator: str 
     where, client) -> (x [n, L, 2] float32 (word id, frequency) pairs, y [n, M] int32 tag ids,
     -1 padded), L and M this client's longest (at least 1); ``denominator``: in_vocab | all_words
     (`bag_of_words`)."""
-    from fedjax_sim.data.natural_files import DataFormatError
-
     check_count_files(root)
     words = {w: i for i, w in enumerate(word_vocabulary(root, vocab_size))}
     tags = {t: i for i, t in enumerate(tag_vocabulary(root, tag_vocab_size))}

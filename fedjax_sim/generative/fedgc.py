@@ -258,7 +258,7 @@ def augment(data, fcfg, rounds: int, seed: int, public_ids: np.ndarray, client_i
       wall time: fitting, generation and judging) plus the generator's source and path).
     """
     check(data)
-    data = padded(data)  # FedGC rewrites each client's rows in place: the padded layout
+    data = jax.device_get(padded(data))  # FedGC rewrites each client's rows: the padded layout, numpy
     start = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(seed), GEN_KEY)
     k_fit, k_stage = jax.random.split(key)

@@ -54,5 +54,6 @@ def bow_logreg(feature_shape, num_classes: int, vocab_size: int) -> Model:
     init, apply, body_apply, head_apply = split_functions(
         Passthrough(), BagOfWordsDense(vocab_size, num_classes), jnp.zeros((1, *feature_shape), jnp.float32),
         jnp.zeros((1, *feature_shape), jnp.float32))
+    # feature_dim: the width of the bag the head reads (the body passes the sparse [L, 2] through)
     return Model("bow_logreg", init, apply, body_apply, head_apply, vocab_size, False, num_classes)
 

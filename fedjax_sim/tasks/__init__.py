@@ -194,9 +194,10 @@ def multilabel_pointwise(num_classes: int, top_k: int = TOP_K) -> Pointwise:
     sigmoid output, computed from logits). Metrics as TFF's Stack Overflow tag-prediction
     baseline reports them with Keras, micro-averaged over every (row, label) pair:
     ``precision`` = true / predicted positives at probability > 0.5 (``Precision()``) and
-    ``recall_at_5`` = the true labels among the top ``top_k`` logits whose probability is also
-    > 0.5, over all true labels (``Recall(top_k=5)`` keeps the top k, then applies its default
-    0.5 threshold). Each carries its denominator as ``"<metric>/count"`` (`denominator`)."""
+    ``recall_at_5`` = the true labels among each row's top ``top_k`` logits, over all true labels
+    (``Recall(top_k=5)``: with top_k set, Keras' default threshold is -inf, so the top k count
+    whatever their probability). Each carries its denominator as ``"<metric>/count"``
+    (`denominator`)."""
     k = min(top_k, num_classes)
     name = f"recall_at_{top_k}"
 
@@ -207,7 +208,7 @@ def multilabel_pointwise(num_classes: int, top_k: int = TOP_K) -> Pointwise:
         t, positive = targets(y), (logits > 0).astype(jnp.float32)
         in_top = jnp.sum(jax.nn.one_hot(jax.lax.top_k(logits, k)[1], num_classes), -2)  # [B, K] 0/1
         return {"precision": jnp.sum(t * positive, -1), "precision/count": jnp.sum(positive, -1),
-                name: jnp.sum(t * positive * in_top, -1), f"{name}/count": jnp.sum(t, -1)}
+                name: jnp.sum(t * in_top, -1), f"{name}/count": jnp.sum(t, -1)}
 
     return Pointwise(
         per_row_loss=lambda logits, y: jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets(y)), -1),
