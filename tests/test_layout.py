@@ -84,3 +84,14 @@ def test_runs_are_identical_in_either_layout(tmp_path, capsys):
 def test_bad_layout_exits_2(tmp_path, capsys):
     rc = cli.main(["run", "--rounds", "1", "--set", "data.layout=ragged", "--out", str(tmp_path / "run")])
     assert_config_error(capsys, rc, "data.layout", "ragged")
+
+
+def test_padding_stacked_packed_seeds_gives_the_stacked_padded_rows():
+    """What a mesh that splits data by client receives (`padded(..., stacked=True)`): the same
+    [S, C, N_max, ...] rows as stacking the padded seeds."""
+    (grid_a, a), (grid_b, b) = _both((3, 6, 1), seed=1), _both((2, 2, 9), seed=2)
+    from_packed = padded(stack_trials([a, b]), stacked=True)
+    from_grid = stack_trials([grid_a, grid_b])
+    assert not from_packed.packed
+    for k in ("x", "y"):
+        np.testing.assert_array_equal(from_packed.train[k], from_grid.train[k])
