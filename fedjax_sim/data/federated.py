@@ -82,8 +82,8 @@ class FederatedData:
         return self.train_start is not None
 
     def cohort(self, idx):
-        """(rows: ``train`` leaves [K, N_max, ...] of the clients ``idx`` [K], n [K]), zeros past
-        each client's ``n_train`` in either layout."""
+        """(rows: ``train`` leaves [K, N_max, ...] of the clients ``idx`` [K], n [K]); packed rows
+        are zeros past each client's ``n_train``, as the padded layout's padding."""
         n = self.n_train[idx]
         if not self.packed:
             return jax.tree.map(lambda a: a[idx], self.train), n
