@@ -516,7 +516,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     if t.status != "ok" or t.stopped:
                         continue
                     rec = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j])) for k, v in m.items()}
-                    t.per_client = rec.pop(per_client_key)
+                    t.per_client = [None if v != v else v for v in rec.pop(per_client_key)]  # NaN: undefined
                     _null_unheld(rec, prep.data.tasks)
                     rec = {"round": rnd, "seed": t.seed, **{k: v[i][j] for k, v in logged.items()}, **rec}
                     bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -738,7 +738,8 @@ def _final(t: _Trial, prep) -> dict:
     _, _, per_client_key = runner.headline_keys(prep.task)
     rec = t.history[-1]
     final = {k: v for k, v in rec.items() if k not in ("round", "seed")}
-    # a client without test rows has no score: null, not a 0 that reads as perfect MSE
+    # a client without test rows (or whose ratio is undefined) has no score: null, not a 0 that
+    # reads as perfect MSE
     has_test = np.asarray(prep.data.n_test) > 0
     final[per_client_key] = [v if h else None for v, h in zip(t.per_client, has_test)]
     final["loss"] = rec.get("global_loss", rec.get("personalized_loss"))

@@ -366,3 +366,17 @@ def test_algorithms_that_cannot_read_label_sets_refuse_them(algorithm, field, va
                    "--set", "data.vocab_size=40", "--set", "data.tag_vocab_size=8", "--set", f"data.data_dir={tmp_path}",
                    "--set", "data.proxy_fraction=0.2", "--out", str(tmp_path / "run")])
     assert_config_error(capsys, rc, field, value)
+
+
+def test_per_client_recall_is_undefined_where_a_client_has_no_true_tag():
+    """A client whose test posts carry no in-vocabulary tag has no recall (NaN, null in the
+    summary), and the personalized mean is over the clients that have one."""
+    from fedjax_sim.core.evaluate import evaluate_clients
+
+    task = multilabel(lambda p, x: x, 4)
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(2, 3, 4)), jnp.float32)
+    y = jnp.asarray([[[-1, -1]] * 3, [[0, -1], [2, 3], [1, -1]]], jnp.int32)
+    out = evaluate_clients(task.metrics, None, {"x": logits, "y": y}, jnp.asarray([3, 3]), False, "recall_at_5")
+    per_client = np.asarray(out["personalized_recall_at_5_per_client"])
+    assert np.isnan(per_client[0]) and per_client[1] == 1.0  # 4 tags: every true tag is in the top 5
+    assert float(out["personalized_recall_at_5"]) == 1.0

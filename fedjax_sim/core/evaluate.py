@@ -5,7 +5,8 @@ A task's ``metrics(params, batch)`` returns masked sums with counts (`tasks.divi
 they are summed over batches or clients and divided. Names: ``global_<metric>`` (pooled over the
 global test set), ``personalized_<metric>`` (mean over the clients that have rows for it of each
 client's own value), ``pooled_<metric>`` (all clients' rows pooled) and
-``personalized_<headline>_per_client`` [C] (0 where a client has no test rows).
+``personalized_<headline>_per_client`` [C] (NaN where a client's value is undefined: no test rows,
+or a ratio metric whose denominator is 0 there).
 """
 from __future__ import annotations
 
@@ -126,6 +127,6 @@ def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, sta
         per_client = jnp.where(has, value / jnp.maximum(count, 1), 0.0)
         out[f"personalized_{name}"] = jnp.sum(per_client) / jnp.maximum(jnp.sum(has), 1)
         out[f"pooled_{name}"] = jnp.sum(value) / jnp.maximum(jnp.sum(count), 1)
-        if name == headline:
-            out[f"personalized_{name}_per_client"] = per_client
+        if name == headline:  # NaN where undefined (no test rows, or a ratio whose denominator is 0)
+            out[f"personalized_{name}_per_client"] = jnp.where(has, per_client, jnp.nan)
     return out
