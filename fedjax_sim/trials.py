@@ -107,7 +107,7 @@ def _tree_bytes(tree) -> int:
     return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
 
 
-def data_placement(prep) -> tuple[str, bool]:
+def placement_of(prep) -> tuple[str, bool]:
     """(how the data lies over the run's devices, whether packed training rows are padded for it):
     ``device`` without a mesh, else `parallel.data_placement`. Only whole clients split over a
     mesh, so packed rows (``data.layout`` auto) are padded where it splits the data; packed rows
@@ -461,7 +461,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
         if mesh is None:
             data = jax.device_put(data)
         else:  # split over the devices by client where they divide the population
-            if data_placement(prep)[1]:
+            if placement_of(prep)[1]:
                 data = padded(data, stacked=axes.seeds)
             data = parallel.put_clients(data, mesh, prep.data.num_clients, axis=1 if axes.seeds else 0)
         keys = jnp.stack([_seed_keys(s) for s in seeds])  # [S, 4, 2]
@@ -516,7 +516,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
                     if t.status != "ok" or t.stopped:
                         continue
                     rec = {k: (v[i, j].tolist() if v[i, j].ndim else float(v[i, j])) for k, v in m.items()}
-                    t.per_client = [None if v != v else v for v in rec.pop(per_client_key)]  # NaN: undefined
+                    t.per_client = [None if math.isnan(v) else v for v in rec.pop(per_client_key)]  # NaN: undefined
                     _null_unheld(rec, prep.data.tasks)
                     rec = {"round": rnd, "seed": t.seed, **{k: v[i][j] for k, v in logged.items()}, **rec}
                     bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -817,7 +817,7 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
                             "model": prep.model.name, "task": prep.task.name, **prep.algorithm.info,
                             "backend": jax.default_backend(),
                             "devices": 1 if prep.mapping.mesh is None else prep.mapping.mesh.size,
-                            "data_placement": data_placement(prep)[0],
+                            "data_placement": placement_of(prep)[0],
                             "processes": jax.process_count(),
                             "local_padding": runner.padding_summary(prep),
                             "state_memory": {"memory": pg.state_memory[0], "reason": pg.state_memory[1]},

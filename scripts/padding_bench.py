@@ -128,6 +128,18 @@ def main():
     write_table(records, os.path.join(a.out, "padding-cpu.md"), stamp, a)
 
 
+def _medians(records: list, workload: str, field: str, value: str, baseline: str) -> tuple:
+    """(the workload's records with ``field == value``, their median samples/s, the median ratio
+    to the ``baseline`` variant's samples/s in the same repetition); ([], 0, 0) without records."""
+    rows = [r for r in records if r["workload"] == workload and r[field] == value]
+    if not rows:
+        return [], 0.0, 0.0
+    base = {r["rep"]: r["samples_per_s"] for r in records if r["workload"] == workload and r[field] == baseline}
+    speed = statistics.median(r["samples_per_s"] for r in rows)
+    ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
+    return rows, speed, ratio
+
+
 def write_table(records: list, path: str, stamp: str, a) -> None:
     sizes = records[0]["train_per_client"]
     lines = [f"# Padding waste on CPU (scripts/padding_bench.py, run {stamp}; medians over {a.reps} repetitions)", "",
@@ -139,13 +151,10 @@ def write_table(records: list, path: str, stamp: str, a) -> None:
              "| workload | mapping | padding | waste | samples/s | ratio to masked |", "|---|---|---|---|---|---|"]
     steps = [r for r in records if r.get("part", "steps") == "steps"]
     for name in WORKLOADS:
-        base = {r["rep"]: r["samples_per_s"] for r in steps if r["workload"] == name and r["padding"] == "masked"}
         for padding in PADDINGS:
-            rows = [r for r in steps if r["workload"] == name and r["padding"] == padding]
+            rows, speed, ratio = _medians(steps, name, "padding", padding, "masked")
             if not rows:
                 continue
-            speed = statistics.median(r["samples_per_s"] for r in rows)
-            ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
             lines.append(f"| {name} | {rows[0]['mapping']} | {padding} | {rows[0]['local_padding']['waste']:.2f} | "
                          f"{speed:,.0f} | {ratio:.2f} |")
     layout = [r for r in records if r.get("part") == "layout"]
@@ -158,15 +167,12 @@ def write_table(records: list, path: str, stamp: str, a) -> None:
                        "repetition."), "",
                   "| workload | layout | train bytes | peak RSS | samples/s | ratio to padded |", "|---|---|---|---|---|---|"]
         for name in LAYOUT_WORKLOADS:
-            base = {r["rep"]: r["samples_per_s"] for r in layout if r["workload"] == name and r["layout"] == "padded"}
             for kind in LAYOUTS:
-                rows = [r for r in layout if r["workload"] == name and r["layout"] == kind]
+                rows, speed, ratio = _medians(layout, name, "layout", kind, "padded")
                 if not rows:
                     continue
                 held = (total if kind == "packed" else clients * rows[0]["max_train"]) * ROW_BYTES
                 rss = statistics.median(r["peak_rss"] for r in rows)
-                speed = statistics.median(r["samples_per_s"] for r in rows)
-                ratio = statistics.median(r["samples_per_s"] / base[r["rep"]] for r in rows if r["rep"] in base)
                 lines.append(f"| {name} | {kind} | {held / 2**20:,.0f} MiB | {rss / 2**20:,.0f} MiB | {speed:,.0f} | "
                              f"{ratio:.2f} |")
     with open(path, "w") as f:

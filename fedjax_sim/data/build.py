@@ -232,7 +232,7 @@ def resolve_layout(cfg: DataConfig) -> str:
     return layout if layout != "auto" else ("packed" if cfg.dataset in NATURAL_DATASETS else "padded")
 
 
-def padded_bytes(rows: list, packed: bool = False) -> int:
+def rows_bytes(rows: list, packed: bool = False) -> int:
     """Bytes of the arrays `stack_clients` ([C, N_max, ...]) or, ``packed``, `pack_clients`
     ([R, ...]) makes of per-client (x, y) rows."""
     n = [len(y) for _, y in rows]
@@ -248,7 +248,7 @@ def check_rows_fit(cfg: DataConfig, train_rows: list, test_rows: list, packed: b
         import psutil
     except ImportError:  # cannot tell: try
         return
-    need = padded_bytes(train_rows, packed) + padded_bytes(test_rows)
+    need = rows_bytes(train_rows, packed) + rows_bytes(test_rows)
     available = int(psutil.virtual_memory().available)
     if need > available:
         n_max = max([len(y) for _, y in train_rows] + [1])
