@@ -67,6 +67,13 @@ def _peak_rss() -> int | None:
     return int(peak if platform.system() == "Darwin" else peak * 1024)  # macOS: bytes; Linux: KiB
 
 
+def _device_memory() -> dict:
+    """The default device's allocator statistics: peak and limit in bytes (None where the backend
+    keeps none, as XLA's CPU client does: there the peak RSS is the measure)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"device_peak_bytes": stats.get("peak_bytes_in_use"), "device_bytes_limit": stats.get("bytes_limit")}
+
+
 def _time(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -197,7 +204,7 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
                      "batch_size": batch_size, "local_epochs": local_epochs, "lr": lr,
                      "rounds": rounds, "repeats": repeats},
         # the process's peak resident memory (host RAM; on CPU this includes the device's arrays)
-        "memory": {"peak_rss_bytes": _peak_rss(), "data_bytes": data_bytes,
+        "memory": {"peak_rss_bytes": _peak_rss(), **_device_memory(), "data_bytes": data_bytes,
                    "state_bytes": int(sum(a.nbytes for a in jax.tree.leaves(state))),
                    "client_state_bytes": int(sum(a.nbytes for f in alg.client_store
                                                  for a in jax.tree.leaves(getattr(state, f)))),
