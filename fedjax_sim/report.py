@@ -175,8 +175,9 @@ def _per_seed(summary: dict) -> list[dict]:
 
 def seed_values(summary: dict, metric: str, which: str = "final") -> dict[int, float]:
     """seed id -> value of ``metric`` in that seed's ``which`` ("final": after the last round;
-    "best": best over evaluated rounds). Raises ValueError naming the algorithm and metric when
-    any seed lacks it, so a table never silently averages fewer seeds than the run has."""
+    "best": best over the evaluated rounds after round 0). Raises ValueError naming the algorithm
+    and metric when any seed lacks it, so a table never silently averages fewer seeds than the run
+    has."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     out = {}

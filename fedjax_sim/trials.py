@@ -724,9 +724,13 @@ def _null_unheld(rec: dict, spec) -> None:
 
 
 def _best(history: list[dict], keys: tuple, higher: bool) -> dict:
+    """Best value of each of ``keys`` over the evaluated rounds after round 0: the untrained model
+    is not a result of training (with few classes it can score well by chance); round 0 counts
+    only when it is the one evaluation."""
+    trained = [h for h in history if h.get("round", 0) > 0] or history
     out = {}
     for k in keys:
-        values = [h[k] for h in history if k in h]
+        values = [h[k] for h in trained if k in h]
         if values:
             out[k] = float(max(values) if higher else min(values))
     return out

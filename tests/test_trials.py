@@ -185,3 +185,11 @@ def test_trial_chunk_shrinks_the_client_chunk_by_the_trials_it_is_vmapped_with()
 
     assert trial_chunk(1, "cpu") == 10 and trial_chunk(3, "cpu") == 3
     assert trial_chunk(16, "cpu") == 2 and trial_chunk(4, "gpu") == 0
+
+
+def test_best_over_rounds_skips_the_untrained_model():
+    history = [{"round": 0, "acc": 0.9, "loss": 0.1}, {"round": 5, "acc": 0.4, "loss": 2.0},
+               {"round": 10, "acc": 0.6, "loss": 1.0}]
+    assert trials._best(history, ("acc",), True) == {"acc": 0.6}
+    assert trials._best(history, ("loss",), False) == {"loss": 1.0}
+    assert trials._best(history[:1], ("acc",), True) == {"acc": 0.9}  # round 0 alone: it is all there is
