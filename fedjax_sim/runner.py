@@ -16,7 +16,9 @@ import numpy as np
 from fedjax_sim import config as config_lib
 from fedjax_sim import tasks as tasks_lib
 from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_clock, with_reference
-from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global, evaluate_multitask
+from fedjax_sim.core.clients import cohort_view, holds_host_memory, on_device
+from fedjax_sim.core.evaluate import (client_summary, client_sums_in_blocks, evaluate_clients, evaluate_global,
+                                      evaluate_multitask)
 from fedjax_sim.core.local import Schedule
 from fedjax_sim.core.mapping import ClientMapping, client_mapping
 from fedjax_sim.core.optim import make_optimizer
@@ -343,9 +345,19 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
         out = {}
         if alg.global_params is not None:
             out.update(evaluate_global(task.metrics, alg.global_params(state), data.global_test))
+        if (alg.client_params is not None and task.target_kind != "multi"
+                and holds_host_memory(state, alg.client_store)):
+            # a store in host memory is read one cohort-sized block of clients at a time, so the
+            # device never holds more of it than a round does
+            params_of = lambda idx, part: alg.client_params(cohort_view(state, alg.client_store, idx), part, key)  # noqa: E731
+            sums = client_sums_in_blocks(task.metrics, params_of, data, min(prep.config.cohort or data.num_clients,
+                                                                             data.num_clients), mapping)
+            out.update(client_summary(sums, task.headline))
+            return out
         if alg.client_params is not None:
+            state = on_device(state)  # a multi-task run's store in host memory (rare) is copied whole
             params, stacked = alg.client_params(state, data, key), True
-        else:
+        else:  # the global model: no per-client store is read
             params, stacked = alg.global_params(state), False
         if task.target_kind == "multi":
             ref = None if alg.reference_params is None else alg.reference_params(state, data, key)
@@ -437,7 +449,9 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
     """The task's headline metric per evaluated round (global and personalized where present);
     with several seeds (records carry ``seed``) one thin line per seed and their mean.
     ``diverged``: [(seed, round)] of seeds that diverged, drawn as red dashed lines at that round."""
-    from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
+    from matplotlib.figure import (
+        Figure,  # no pyplot: a notebook's backend is left alone
+    )
 
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()

@@ -327,8 +327,9 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
     """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
     inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``.
     ``host_store``: the state fields init puts in host memory (``state_sharding`` says so too);
-    they stay there through the blocks; evaluation, report and the attack copy them to device
-    first (`on_device`).
+    they stay there through the blocks; per-client evaluation reads them a cohort-sized block of
+    clients at a time (`runner.make_evaluator`); report and the attack copy them to device first
+    (`on_device`).
 
     With a client ``mesh`` (the sharded client mapping) the state is laid out as
     ``state_sharding`` says (per-client leaves split over the devices like the data, the rest
@@ -354,7 +355,7 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
 
     def evaluate(h, state, data, key):
         alg = assemble(h)
-        return runner.make_evaluator(prep, alg)(on_device(state), data, key)
+        return runner.make_evaluator(prep, alg)(state, data, key)  # reads a host store by blocks
 
     def report(h, state):
         return assemble(h).report(on_device(state))

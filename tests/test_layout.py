@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from conftest import assert_config_error
@@ -43,6 +44,24 @@ def test_packed_cohort_is_the_padded_cohort():
     for k in ("x", "y"):
         np.testing.assert_array_equal(packed.train_view()[k], grid.train[k])
         np.testing.assert_array_equal(padded(packed).train[k], grid.train[k])
+
+
+def test_a_block_of_clients_is_data_of_its_own():
+    """`FederatedData.clients`: the block's padded training rows, test rows and counts in either
+    layout, and the keys the whole population draws for those clients (a part of a part too)."""
+    grid, packed = _both((4, 0, 7, 2, 5))
+    idx = jnp.asarray([3, 0, 3])
+    key = jax.random.PRNGKey(7)
+    for data in (grid, packed):
+        part = data.clients(idx)
+        assert not part.packed and part.num_clients == 3 and part.population == 5
+        for k in ("x", "y"):
+            np.testing.assert_array_equal(part.train[k], grid.train[k][idx])
+            np.testing.assert_array_equal(part.test[k], grid.test[k][idx])
+        np.testing.assert_array_equal(part.n_train, grid.n_train[idx])
+        np.testing.assert_array_equal(part.n_test, grid.n_test[idx])
+        np.testing.assert_array_equal(part.client_keys(key), data.client_keys(key)[idx])
+        np.testing.assert_array_equal(part.clients(jnp.asarray([2])).client_keys(key), data.client_keys(key)[3:4])
 
 
 def test_stacked_packed_seeds_keep_each_seeds_cohort():

@@ -18,6 +18,7 @@ from fedjax_sim.errors import ConfigError
 STATEFUL = {  # algorithm -> the state fields that are its per-client store
     "scaffold": ("client_control",), "local": ("params", "opt"), "fedper": ("clients",),
     "fedrep": ("clients",), "fedrema": ("clients",), "floral": ("clients",),
+    "floral_stateless": ("clients",),  # its router fit draws a key per client, in blocks too
 }
 
 
@@ -25,6 +26,20 @@ def _lines(out) -> list:
     """metrics.jsonl without the wall-clock fields."""
     return [{k: v for k, v in json.loads(line).items() if "time" not in k and "second" not in k}
             for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_lines(a, b) -> None:
+    """Equal metrics lines: training metrics exactly; evaluation metrics to float32 rounding (a
+    host store is evaluated in cohort-sized blocks of clients, which XLA may sum in another
+    order)."""
+    la, lb = _lines(a), _lines(b)
+    assert [sorted(x) for x in la] == [sorted(x) for x in lb]
+    for x, y in zip(la, lb):
+        for k in x:
+            if k.startswith(("personalized_", "pooled_")):
+                np.testing.assert_allclose(np.asarray(x[k], float), np.asarray(y[k], float), rtol=1e-6, err_msg=k)
+            else:
+                assert x[k] == y[k], k
 
 
 def _memory_kinds(monkeypatch) -> list:
@@ -40,8 +55,9 @@ def _memory_kinds(monkeypatch) -> list:
 
 @pytest.mark.parametrize("name", sorted(STATEFUL))
 def test_host_store_run_equals_device_run(name, tmp_path, monkeypatch):
-    """Every metrics line and the final state equal the device-memory run's; after each block the
-    store's leaves are in host memory and no other leaf is."""
+    """Every metrics line and the final state equal the device-memory run's (evaluation to float32
+    rounding: `_same_lines`); after each block the store's leaves are in host memory and no other
+    leaf is."""
     base = dict(algorithm=name, rounds=4, eval_every=2, cohort=4, data__num_clients=10, checkpoint=True)
     device = fedjax_sim.run(out=tmp_path / "device", state_memory="device", **base)
     seen = _memory_kinds(monkeypatch)
@@ -51,7 +67,7 @@ def test_host_store_run_equals_device_run(name, tmp_path, monkeypatch):
     assert len(seen) == 2
     for kinds in seen:
         assert kinds == {f: [f in STATEFUL[name]] for f in kinds}, kinds
-    assert _lines(tmp_path / "device") == _lines(tmp_path / "host")
+    _same_lines(tmp_path / "device", tmp_path / "host")
     with np.load(tmp_path / "device" / "checkpoint.npz") as a, np.load(tmp_path / "host" / "checkpoint.npz") as b:
         assert a.files == b.files
         for key in a.files:
@@ -74,7 +90,7 @@ def test_host_store_with_vmapped_seeds_and_grid_points(tmp_path, monkeypatch):
     for d in dirs:
         resolved = json.loads((tmp_path / "host" / d / "config.json").read_text())["resolved"]
         assert resolved["trials"]["mode"] == "vmap" and resolved["state_memory"]["memory"] == "host"
-        assert _lines(tmp_path / "device" / d) == _lines(tmp_path / "host" / d)
+        _same_lines(tmp_path / "device" / d, tmp_path / "host" / d)
 
 
 def test_interrupted_host_store_run_resumes_identical(tmp_path, monkeypatch):
@@ -145,3 +161,38 @@ def test_bad_state_memory_exits_2_with_one_line(argv, field, value, capsys, tmp_
     out = tmp_path / "run"
     assert_config_error(capsys, cli.main([*argv, "--rounds", "2", "--out", str(out)]), field, value)
     assert not out.exists()
+
+
+def _device_puts(jaxpr) -> list:
+    """Shapes of every value a jaxpr (and the jaxprs inside it) copies to device memory."""
+    shapes = []
+    for e in jaxpr.eqns:
+        if e.primitive.name == "device_put" and jax.memory.Space.Device in e.params.get("devices", ()):
+            shapes += [v.aval.shape for v in e.outvars]
+        for v in e.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else [v]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += _device_puts(inner)
+    return shapes
+
+
+@pytest.mark.parametrize("name", ["local", "fedper", "floral", "scaffold"])
+def test_evaluation_copies_a_host_store_to_the_device_one_row_at_a_time(name):
+    """Evaluating a run whose store is in host memory never copies the store whole to the device:
+    per-client models are built a cohort-sized block at a time from rows moved one by one, and
+    the global model reads no store at all (checked on the traced program: on CPU both memories
+    are one RAM, so a memory reading would not tell)."""
+    from conftest import tiny_config
+
+    from fedjax_sim import runner
+    from fedjax_sim.core.clients import to_host_memory
+
+    prep = runner.prepare(tiny_config(algorithm=name, cohort=3, data__num_clients=10))
+    alg = prep.algorithm
+    data = jax.device_put(prep.data)
+    state = jax.jit(lambda k, d: to_host_memory(alg.init(k, d), alg.client_store))(jax.random.PRNGKey(0), data)
+    jaxpr = jax.make_jaxpr(runner.make_evaluator(prep, alg))(state, data, jax.random.PRNGKey(1)).jaxpr
+    moved = _device_puts(jaxpr)
+    assert all(shape[:1] == (1,) for shape in moved), moved
+    assert bool(moved) == (name != "scaffold")

@@ -246,7 +246,7 @@ def _mixture_algorithm(ctx: BuildContext, hp: FloralConfig, name: str, kind: str
         comps = state.clients.components if private else replicate(state.components, c)
         logits = state.clients.router
         if mapped_fit is not None:  # stateless clients fit a router before they predict
-            keys = jax.random.split(key, c)
+            keys = data.client_keys(key)  # a client's key whichever clients it is evaluated with
             logits = mapped_fit(state.shared, state.components, data.train_view(), data.n_train, keys)
         return {"shared": replicate(state.shared, c), "components": comps, "router": logits}
 

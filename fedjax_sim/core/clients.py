@@ -9,8 +9,9 @@ The stacked store may live in host memory (``state_memory=host``, placed by the 
 not gather from host memory by index ("memory_space of all inputs passed to gather must be the
 same"), so a host store is read and written one client row at a time (`lax.fori_loop` of
 ``dynamic_slice`` + a copy to device, and back), which XLA lowers to K row transfers. Device
-stores keep the one-op gather and scatter. Code that reads a store whole (evaluation, a
-diagnostic over all clients) goes through `on_device`.
+stores keep the one-op gather and scatter. Per-client evaluation reads a host store one block of
+clients at a time (`cohort_view`, `core.evaluate.client_sums_in_blocks`); code that reads a store
+whole (`report`, the membership attack, a diagnostic over all clients) goes through `on_device`.
 """
 from __future__ import annotations
 
@@ -110,6 +111,17 @@ def on_device(tree):
     """``tree`` with its host-memory leaves copied whole to device memory (others as they are):
     for code that reads every client's state at once, e.g. evaluation."""
     return jax.tree.map(lambda a: jax.device_put(a, jax.memory.Space.Device) if in_host_memory(a) else a, tree)
+
+
+def holds_host_memory(state, fields: tuple) -> bool:
+    """Whether any leaf under ``fields`` of ``state`` (a NamedTuple) lives in host memory."""
+    return any(in_host_memory(a) for f in fields for a in jax.tree.leaves(getattr(state, f)))
+
+
+def cohort_view(state, fields: tuple, idx: jax.Array):
+    """``state`` with each field of ``fields`` (stores [C, ...]) replaced by the rows ``idx`` [K]
+    in device memory (`gather_cohort`): what the clients ``idx`` see of it."""
+    return state._replace(**{f: gather_cohort(getattr(state, f), idx) for f in fields})
 
 
 def to_host_memory(state, fields: tuple):

@@ -117,7 +117,31 @@ def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, sta
       rows: leaves [C, M_max, ...]; n: [C] valid test rows.
       headline: the task's headline metric (reported per client).
     """
-    sums = client_sums(metrics_fn, params, rows, n, stacked, mapping)
+    return client_summary(client_sums(metrics_fn, params, rows, n, stacked, mapping), headline)
+
+
+def client_sums_in_blocks(metrics_fn: Callable, params_of: Callable, data, block: int,
+                          mapping: ClientMapping = ClientMapping("vmap")) -> dict:
+    """`client_sums` of every client's own model, built ``block`` clients at a time: {name: [C]}.
+
+    ``params_of(idx, part)`` -> [B, ...] the models of the clients ``idx`` [B], ``part`` their
+    data (`FederatedData.clients`). Only one block's models exist at once, which is what lets a
+    per-client store in host memory be evaluated without copying it to the device whole. The last
+    block repeats the last client to a full block; the repeats are dropped.
+    """
+    c = data.num_clients
+
+    def one(j):
+        idx = jnp.minimum(j * block + jnp.arange(block), c - 1)
+        part = data.clients(idx)
+        return client_sums(metrics_fn, params_of(idx, part), part.test, part.n_test, True, mapping)
+
+    sums = jax.lax.map(one, jnp.arange(-(-c // block)))  # {name: [blocks, block]}
+    return jax.tree.map(lambda a: a.reshape(-1)[:c], sums)
+
+
+def client_summary(sums: dict, headline: str) -> dict:
+    """`evaluate_clients`'s metrics from each client's sums {name: [C]} (`client_sums`)."""
     out = {}
     for name, value in sums.items():
         if is_count(name):

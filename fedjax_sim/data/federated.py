@@ -58,6 +58,9 @@ class FederatedData:
       train_start: [C] int32 first row of each client in packed ``train`` leaves [R, ...]
         (``[S, C]`` when stacked), or None when ``train`` is padded [C, N_max, ...].
       packed_rows: static N_max of the padded view of packed training rows (0 when padded).
+      client_ids: [C] int32 the population ids of these clients when this is a part of a
+        population (`clients`), or None for a whole population.
+      population: static size of that population (0 for a whole population).
     """
 
     train: dict
@@ -76,6 +79,8 @@ class FederatedData:
     early_rounds: int = flax.struct.field(pytree_node=False, default=0)
     train_start: Any = None
     packed_rows: int = flax.struct.field(pytree_node=False, default=0)
+    client_ids: Any = None
+    population: int = flax.struct.field(pytree_node=False, default=0)
 
     @property
     def packed(self) -> bool:
@@ -101,6 +106,24 @@ class FederatedData:
         """Every client's training rows as padded leaves [C, N_max, ...] (packed data gathers
         them: the memory of the padded layout, for as long as the caller holds them)."""
         return self.train if not self.packed else self.cohort(jnp.arange(self.num_clients))[0]
+
+    def clients(self, idx) -> "FederatedData":
+        """The clients ``idx`` [S] as data of their own: their training rows (padded leaves [S,
+        N_max, ...]), test rows, counts, clusters and staged counts; the global test set as it
+        is. `client_ids` remembers who they are, so what is drawn per client (`client_keys`) is
+        what the whole population draws for them."""
+        rows, n = self.cohort(idx)
+        take = lambda t: None if t is None else jax.tree.map(lambda a: a[idx], t)  # noqa: E731
+        return self.replace(train=rows, n_train=n, test=take(self.test), n_test=self.n_test[idx],
+                            cluster=take(self.cluster), n_early=take(self.n_early), train_start=None,
+                            packed_rows=0, client_ids=idx if self.client_ids is None else self.client_ids[idx],
+                            population=self.population or self.num_clients)
+
+    def client_keys(self, key) -> jax.Array:
+        """One PRNG key per client [C, ...]: ``jax.random.split(key, population)``, the rows of
+        these clients for a part of a population (`clients`)."""
+        keys = jax.random.split(key, self.population or self.num_clients)
+        return keys if self.client_ids is None else keys[self.client_ids]
 
     def at_round(self, index):
         """The data round ``index`` ([] int, traced) trains on: ``n_train`` replaced by
