@@ -52,9 +52,10 @@ class Interrupt:
         if cls.signum is None:
             cls.signum = signum
             print(f"\nfedjax-sim: {signal.Signals(signum).name} received: stopping after the current block "
-                  "and writing a checkpoint (signal again to wait: nothing is cut short)", file=sys.stderr)
+                  "and saving what it reached (a run's checkpoint; a sweep's finished grid points) (signal "
+                  "again to wait: nothing is cut short)", file=sys.stderr)
         else:
-            print("fedjax-sim: still writing the checkpoint and results; please wait", file=sys.stderr)
+            print("fedjax-sim: still saving the checkpoint and results; please wait", file=sys.stderr)
 
     @classmethod
     def install(cls) -> None:
@@ -107,6 +108,13 @@ def load(path: Path, target) -> tuple[Any, dict]:
 
 def exists(path: Path) -> bool:
     return (Path(path) / PROGRESS).is_file()
+
+
+def in_run(run_dir: Path) -> bool:
+    """Whether run directory ``run_dir`` holds a checkpoint to resume (``resume/``, or one per
+    seed, ``resume_seed<S>/``)."""
+    run_dir = Path(run_dir)
+    return any(exists(d) for d in [run_dir / "resume", *run_dir.glob("resume_seed*")])
 
 
 def remove(path: Path) -> None:

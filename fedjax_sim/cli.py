@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", help="sweep directory (default runs/<time>-sweep-<algorithms>-<dataset>)")
     w.add_argument("--select", default=None, help="metric to select on (default personalized_<headline>, "
                                                   "else global_<headline>), final round, mean over seeds")
+    w.add_argument("--resume", metavar="DIR", help="continue an interrupted sweep: its command line is read "
+                                                   "back; finished grid points are kept, checkpointed ones "
+                                                   "continue, the rest run (no other option)")
     _common_run_args(w, out=False)
     ls = sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
     ls.add_argument("--fields", action="store_true", help="every config field with its type, default and "
@@ -388,7 +392,7 @@ def cmd_resume(a) -> int:
         if status != "interrupted":
             raise ConfigError("--resume", a.resume, f"an interrupted run (its summary.json says status {status}: "
                                                     "it finished)")
-    if not any(checkpoints.exists(d) for d in [path / "resume", *path.glob("resume_seed*")]):
+    if not checkpoints.in_run(path):
         raise ConfigError("--resume", a.resume, "a run directory with a checkpoint (resume/progress.json: "
                                                 "written every --checkpoint-every N rounds and on Ctrl-C)")
     cfg = config_lib.apply_dict(config_lib.Config(), config_lib.read_config_file(path / "config.json"))
@@ -436,10 +440,57 @@ def grid_for(algorithms: list, cfg, grid) -> dict:
     return {a: [axis for axis in grid if _reads(a, axis.field)] for a in algorithms}
 
 
+def _sweep_resume_args(a) -> argparse.Namespace:
+    """``fedjax-sim sweep --resume DIR``: the arguments the sweep in DIR began with (its
+    `sweep.ARGS_FILE`), with ``--out DIR``."""
+    from fedjax_sim import sweep
+
+    path = Path(a.resume)
+    others = [x for x in a.argv if x not in ("sweep", "--no-progress")]
+    if others not in (["--resume", a.resume], [f"--resume={a.resume}"]):
+        raise ConfigError("--resume", a.resume, "alone (the sweep's own command line decides everything; "
+                                                f"also given: {' '.join(x for x in others if x != a.resume)})")
+    if not (path / sweep.ARGS_FILE).is_file():
+        raise ConfigError("--resume", a.resume, f"a sweep directory holding {sweep.ARGS_FILE} (written when a "
+                                                "sweep starts)")
+    if (path / "sweep.json").exists():  # written last
+        raise ConfigError("--resume", a.resume, "an interrupted sweep (it holds sweep.json: it finished)")
+    stored = json.loads((path / sweep.ARGS_FILE).read_text())["argv"]
+    # the sweep's copy of its --config file is named relative to the sweep directory
+    argv = ["sweep", *(str(path / x) if i and stored[i - 1] == "--config" else x for i, x in enumerate(stored)),
+            "--out", str(path)]
+    b = build_parser().parse_args(argv + (["--no-progress"] if a.no_progress else []))
+    b.argv, b.resuming = argv, True
+    return b
+
+
+def _stored_argv(argv: list[str], base_out: str) -> list[str]:
+    """A sweep's arguments (after ``sweep``) as `sweep.ARGS_FILE` keeps them: without ``--out``
+    and ``--no-progress`` (the resuming command's choice), and with a ``--config`` file copied into the sweep directory (`sweep.CONFIG_COPY`, named
+    relative to it), so a resume reads the settings the sweep began with even if the file was
+    temporary or has been edited since."""
+    from fedjax_sim import sweep
+
+    out, it = [], iter(argv)
+    for x in it:
+        flag, eq, value = x.partition("=")
+        if flag in ("--out", "--config") and not eq:
+            value = next(it, "")
+        if flag == "--config":
+            shutil.copyfile(value, Path(base_out, sweep.CONFIG_COPY))
+            out += ["--config", sweep.CONFIG_COPY]
+        elif flag not in ("--out", "--no-progress"):
+            out.append(x)
+    return out
+
+
 def cmd_sweep(a) -> int:
     from fedjax_sim import config as config_lib
     from fedjax_sim import runner, sweep, trials
 
+    if a.resume is not None:
+        a = _sweep_resume_args(a)
+    resuming = getattr(a, "resuming", False)
     cfg = config_from_args(a)
     algorithms = _algorithm_list(a, cfg, "fedavg")
     if not a.grid:
@@ -453,9 +504,13 @@ def cmd_sweep(a) -> int:
     named = config_lib.copy_config(cfg)
     named.algorithm = "sweep-" + "-".join(algorithms)
     base_out = a.out or cfg.out or runner._default_out(named)
-    runner.check_out_dir(base_out)
-    if Path(base_out, "sweep.md").exists():
+    if not resuming:  # a resumed sweep's directory was checked by _sweep_resume_args
+        runner.check_out_dir(base_out)
+    if not resuming and Path(base_out, "sweep.md").exists():
         raise ConfigError("--out", base_out, "a new directory (it holds an earlier sweep)")
+    if not resuming and Path(base_out, sweep.ARGS_FILE).exists():
+        raise ConfigError("--out", base_out, f"a new directory (it holds an interrupted sweep: continue it with "
+                                             f"fedjax-sim sweep --resume {base_out})")
     seeds = trials.run_seeds(cfg)
     plans = {}
     grids = grid_for(algorithms, cfg, grid)
@@ -465,26 +520,47 @@ def cmd_sweep(a) -> int:
         points = config_lib.grid_points(c, grids[name])
         outs = [os.path.join(base_out, name, p) for p, _ in points]
         for (_, pc), out in zip(points, outs):
-            runner.check_out_dir(out)
+            if not resuming:
+                runner.check_out_dir(out)
             config_lib.validate(pc)
         plans[name] = ([p for p, _ in points], trials.plan([pc for _, pc in points], outs, seeds))
     cache = _DataCache(progress=not a.no_progress)
     prepared = {name: [cache.prepare(g) for g in groups] for name, (_, groups) in plans.items()}
     for pgs in prepared.values():
         sweep.check_select(a.select, pgs[0].preps[0][0])
+    # resuming: what each group does, decided (and a changed setting refused) before anything
+    # compiles, against the configs as prepared (what config.json holds)
+    actions = {name: [sweep.resume_action([Path(o) for o in pg.group.outs], pg.group.configs) if resuming
+                      else "run" for pg in pgs] for name, pgs in prepared.items()}
+    if not resuming:  # valid: the command line that --resume will read back
+        Path(base_out).mkdir(parents=True, exist_ok=True)
+        jsonio.write_json(Path(base_out, sweep.ARGS_FILE), {"argv": _stored_argv(a.argv[1:], base_out)})
     results = {}
-    for name, pgs in prepared.items():
-        summaries = [s for pg in pgs for s in trials.run_group(pg, progress=not a.no_progress)]
-        by_out = {s["config"]["out"]: s for s in summaries}
-        names = plans[name][0]
-        ordered = [by_out[os.path.join(base_out, name, p)] for p in names]
-        results[name] = sweep.select(names, ordered, a.select)
+    with _interruptible():
+        for name, pgs in prepared.items():
+            by_out = {}
+            for pg, action in zip(pgs, actions[name]):
+                outs = [Path(o) for o in pg.group.outs]
+                if action == "skip":
+                    summaries = [json.loads((o / "summary.json").read_text()) for o in outs]
+                else:
+                    if action == "run":
+                        sweep.clear(outs)
+                    summaries = trials.run_group(pg, progress=not a.no_progress, resume=action == "continue")
+                    if checkpoints.Interrupt.requested():
+                        print(f"fedjax-sim: sweep interrupted; finished grid points are kept, resume with: "
+                              f"fedjax-sim sweep --resume {base_out}", file=sys.stderr)
+                        return checkpoints.Interrupt.exit_code()
+                by_out.update(zip(outs, summaries))
+            names = plans[name][0]
+            ordered = [by_out[Path(base_out, name, p)] for p in names]
+            results[name] = sweep.select(names, ordered, a.select)
     text = sweep.sweep_table(results, grid, seeds, fraction)
-    Path(base_out, "sweep.md").write_text(text + "\n")
-    jsonio.write_json(Path(base_out, "sweep.json"), sweep.to_json(results))
     for name, res in results.items():
         if res.best is not None:
             jsonio.write_json(Path(base_out, name, "best_config.json"), res.best_config)
+    Path(base_out, "sweep.md").write_text(text + "\n")
+    jsonio.write_json(Path(base_out, "sweep.json"), sweep.to_json(results))  # last: the sweep finished
     print(text)
     print(f"\nsweep directory: {base_out}")
     diverged = [f"{name}/{p}" for name, res in results.items()
@@ -590,6 +666,7 @@ def _preset_note(a, field: str) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # a sweep keeps its own, to --resume
     if a.command is None:
         parser.print_help()
         return 2

@@ -80,6 +80,15 @@ def _fresh(out: Path, done: str) -> None:
         shutil.rmtree(out)
 
 
+def seed_args(seeds) -> list[str]:
+    """The flags that run exactly ``seeds`` (ids): ``--seeds a,b,...``; one seed as ``--seed S
+    --seeds 1``, since ``--seeds S`` alone would be a count of S seeds."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return ["--seed", str(seeds[0]), "--seeds", "1"]
+    return ["--seeds", ",".join(map(str, seeds))]
+
+
 def _sets(values: dict) -> list[str]:
     out = []
     for key, value in values.items():
@@ -91,18 +100,28 @@ def _sets(values: dict) -> list[str]:
 def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progress: bool) -> None:
     """``fedjax-sim sweep`` of one method over ``grid`` on the tuning seeds and validation split
     (``tune["select"]``, optional: the selection metric, default the headline's).
-    A sweep whose every point diverged (exit 3) still wrote its tables; it selects nothing."""
-    _fresh(out, "sweep.json")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(base, f)
-    args = ["sweep", "--config", f.name, "--algorithm", method.algorithm, *_sets(method.values),
-            "--seeds", ",".join(map(str, tune["seeds"])),
-            "--validation-fraction", str(tune["validation_fraction"]), "--out", str(out)]
+    A sweep whose every point diverged (exit 3) still wrote its tables; it selects nothing. An
+    interrupted sweep of the same settings is resumed (``sweep --resume``: its finished groups
+    are kept); one of other settings is removed and run again."""
+    from fedjax_sim import sweep as sweep_lib
+
+    args = ["--algorithm", method.algorithm, *_sets(method.values), *seed_args(tune["seeds"]),
+            "--validation-fraction", str(tune["validation_fraction"])]
     for key, values in grid.items():
         args += ["--grid", f"{key}={','.join(map(str, values))}"]
     if tune.get("select"):
         args += ["--select", tune["select"]]
-    cli(args + ([] if progress else ["--no-progress"]), ok=(0, 3))
+    quiet = [] if progress else ["--no-progress"]
+    stored = out / sweep_lib.ARGS_FILE
+    if (stored.exists() and not (out / "sweep.json").exists() and (out / sweep_lib.CONFIG_COPY).exists()
+            and load(stored)["argv"] == ["--config", sweep_lib.CONFIG_COPY, *args]
+            and load(out / sweep_lib.CONFIG_COPY) == json.loads(json.dumps(base))):
+        cli(["sweep", "--resume", str(out), *quiet], ok=(0, 3))
+        return
+    _fresh(out, "sweep.json")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(base, f)
+    cli(["sweep", "--config", f.name, *args, *quiet, "--out", str(out)], ok=(0, 3))
 
 
 def _tune_dirs(runs_dir: Path, method: Method) -> list[Path]:
@@ -187,7 +206,7 @@ def final(methods: list[Method], seeds: list[int], runs_dir: Path, progress: boo
         config = runs_dir / "final" / f"{method.name}.config.json"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps(res.best_config, indent=2))
-        cli(["run", "--config", str(config), "--seeds", ",".join(map(str, seeds)), "--out", str(out)]
+        cli(["run", "--config", str(config), *seed_args(seeds), "--out", str(out)]
             + ([] if progress else ["--no-progress"]), ok=(0, 3))  # 3: seeds diverged, reported
 
 
@@ -224,7 +243,7 @@ def run_setting(spec: dict, setting: dict, runs_dir: Path, progress: bool) -> No
         path = runs_dir / "final" / f"{method.name}.config.json"
         path.write_text(json.dumps(cfg, indent=2))
         _fresh(out, "summary.json")
-        cli(["run", "--config", str(path), "--seeds", ",".join(map(str, spec["seeds"])), "--out", str(out)]
+        cli(["run", "--config", str(path), *seed_args(spec["seeds"]), "--out", str(out)]
             + ([] if progress else ["--no-progress"]), ok=(0, 3))
 
 

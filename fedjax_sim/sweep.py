@@ -10,9 +10,13 @@ directory cleared) is written as ``<algorithm>/best_config.json``, ready for
 """
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import NamedTuple
 
-from fedjax_sim import report
+from fedjax_sim import checkpoints, report
+from fedjax_sim.errors import ConfigError
 
 DEFAULT_VALIDATION_FRACTION = 0.2
 LOWER_IS_BETTER = ("loss", "mse", "mae")
@@ -54,8 +58,6 @@ def selectable_metrics(prep) -> list[str]:
 
 def check_select(metric: str | None, prep) -> None:
     """ConfigError naming ``--select`` unless ``metric`` is one `selectable_metrics` gives."""
-    from fedjax_sim.errors import ConfigError
-
     allowed = selectable_metrics(prep)
     if metric is not None and metric not in allowed:
         raise ConfigError("--select", metric, f"a final metric of {prep.config.algorithm}: one of {', '.join(allowed)}")
@@ -134,3 +136,54 @@ def to_json(results: dict) -> dict:
                      "selected": None if res.best is None else res.names[res.best],
                      "best_config": res.best_config}
     return out
+
+
+# A sweep's own command line (without --out), written as it starts: ``fedjax-sim sweep --resume
+# DIR`` parses it again, so an interrupted sweep continues with the settings it began with.
+ARGS_FILE = "sweep_args.json"
+CONFIG_COPY = "sweep_config.json"  # the sweep's --config file as it began (its command line names this)
+
+
+def point_status(out: Path, cfg) -> str:
+    """Where grid point ``cfg``'s run directory ``out`` stands when a sweep resumes: ``new`` (no
+    run there), ``done`` (it finished, trained to the end or diverged), ``checkpoint``
+    (interrupted, with a checkpoint to continue from) or ``restart`` (started, nothing to continue
+    from: killed between checkpoints). Raises ConfigError when the directory holds a run of other
+    settings (e.g. a ``--config`` file edited since the sweep began)."""
+    from fedjax_sim import config as config_lib
+    from fedjax_sim import jsonio
+
+    if not (out / "config.json").is_file():
+        return "new"
+    stored = dict(config_lib._flatten(json.loads((out / "config.json").read_text())))
+    want = dict(config_lib._flatten(json.loads(jsonio.dumps(config_lib.to_dict(cfg)))))
+    for key in sorted(set(stored) | set(want)):
+        if key == "out" or key.startswith("resolved."):
+            continue
+        if stored.get(key) != want.get(key):
+            raise ConfigError("--resume", str(out.parent.parent), f"a sweep whose settings are unchanged ({out.name} "
+                                                                  f"ran with {key}={stored.get(key)!r}, the sweep now "
+                                                                  f"gives {want.get(key)!r}); start it in a new --out")
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("status") in ("ok", "diverged"):
+        return "done"
+    return "checkpoint" if checkpoints.in_run(out) else "restart"
+
+
+def resume_action(outs: list[Path], configs: list) -> str:
+    """What a resumed sweep does with a group of grid points (trained together, `trials.plan`):
+    ``skip`` (every point finished: its summaries are read back), ``continue`` (every point has a
+    checkpoint) or ``run`` (from the start; what a started point wrote is removed first, by
+    `clear`)."""
+    states = {point_status(out, cfg) for out, cfg in zip(outs, configs)}
+    if states == {"done"}:
+        return "skip"
+    return "continue" if states == {"checkpoint"} else "run"
+
+
+def clear(outs: list[Path]) -> None:
+    """Removes the run directories (those holding a config.json) of grid points about to run
+    again from the start."""
+    for out in outs:
+        if (out / "config.json").is_file():
+            shutil.rmtree(out)

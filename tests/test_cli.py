@@ -641,3 +641,72 @@ def test_clients_without_test_rows_have_null_per_client_scores(tmp_path):
     summary = runner.run(cfg, progress=False, data=make_data(test_sizes=(3, 0, 4, 2)))
     per_client = summary["final"]["personalized_accuracy_per_client"]
     assert per_client[1] is None and all(v is not None for i, v in enumerate(per_client) if i != 1)
+
+
+def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, capsys, monkeypatch):
+    """Ctrl-C stops a sweep after the current block (exit 130, naming the command that resumes
+    it); ``sweep --resume DIR`` reads its command line back, keeps the groups that finished (not
+    run again), runs the rest, and selects what the uninterrupted sweep selects. Re-running the
+    original command on that directory, extra options with --resume, a finished sweep and a
+    changed setting are refused with exit 2."""
+    from fedjax_sim import checkpoints, trials
+
+    args = ["sweep", "--algorithm", "fedavg,fedprox", "--grid", "local.lr=0.05,0.1"] + TINY + ["--rounds", "3"]
+    rounds_done = []
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: rounds_done.append(done)])
+    assert cli.main(args + ["--out", str(tmp_path / "whole")]) == 0
+    second = next(i for i in range(1, len(rounds_done)) if rounds_done[i] <= rounds_done[i - 1])
+    out = tmp_path / "cut"
+    blocks = []
+
+    def interrupt(done, state):  # after the second algorithm's first block
+        blocks.append(done)
+        if len(blocks) == second + 1:
+            checkpoints.Interrupt.signum = 2
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [interrupt])
+    capsys.readouterr()
+    assert cli.main(args + ["--out", str(out)]) == 130
+    assert f"fedjax-sim sweep --resume {out}" in capsys.readouterr().err
+    assert not (out / "sweep.md").exists() and (out / "fedavg" / "local.lr=0.05" / "summary.json").exists()
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [])
+
+    assert cli.main(args + ["--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err and not (out / "sweep.md").exists()
+    assert cli.main(["sweep", "--resume", str(out), "--seeds", "2"]) == 2
+    # a setting changed since the sweep began (here, in its stored command line) is refused
+    stored = (out / "sweep_args.json").read_text()
+    (out / "sweep_args.json").write_text(json.dumps({"argv": json.loads(stored)["argv"]
+                                                     + ["--set", "local.batch_size=4"]}))
+    assert cli.main(["sweep", "--resume", str(out)]) == 2
+    assert "local.batch_size" in capsys.readouterr().err
+    (out / "sweep_args.json").write_text(stored)
+
+    ran = []
+    run_group = trials.run_group
+    monkeypatch.setattr(trials, "run_group", lambda pg, **kw: ran.append(pg.group.configs[0].algorithm)
+                        or run_group(pg, **kw))
+    assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert ran == ["fedprox"]
+    whole, cut = (json.loads((d / "sweep.json").read_text()) for d in (tmp_path / "whole", out))
+    for name in ("fedavg", "fedprox"):
+        assert cut[name]["selected"] == whole[name]["selected"]
+        np.testing.assert_allclose([p["mean"] for p in cut[name]["points"]],
+                                   [p["mean"] for p in whole[name]["points"]], rtol=1e-6)
+    assert cli.main(["sweep", "--resume", str(out)]) == 2
+    assert "it finished" in capsys.readouterr().err
+
+
+def test_a_resumed_sweep_reads_its_own_copy_of_the_config_file(tmp_path, capsys):
+    """The --config file is copied into the sweep directory as the sweep starts: deleting the
+    original (a temporary file, say) does not stop the resume."""
+    config = tmp_path / "base.json"
+    config.write_text(json.dumps({"rounds": 1, "model": {"hidden": [4]}}))
+    out = tmp_path / "s"
+    assert cli.main(["sweep", "--config", str(config), "--grid", "local.lr=0.05,0.1", "--clients", "3",
+                     "--no-progress", "--out", str(out)]) == 0
+    stored = json.loads((out / "sweep_args.json").read_text())["argv"]
+    assert stored[stored.index("--config") + 1] == "sweep_config.json" and "--out" not in stored
+    config.unlink()
+    (out / "sweep.json").unlink()  # as if killed before its last write
+    assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert (out / "sweep.json").exists()

@@ -44,3 +44,21 @@ def test_tune_extend_final_collect_and_resume(tmp_path):
     assert config["data"]["validation_fraction"] == 0 and res["prox_big"]["seeds"] == [0, 1]
     best = protocol.point_values(chosen["prox_big"].names[chosen["prox_big"].best], ["local.lr"])
     assert config["local"]["lr"] == best["local.lr"]
+
+
+def test_an_interrupted_tuning_sweep_resumes_unless_its_settings_changed(tmp_path, monkeypatch):
+    """A sweep stopped before its sweep.json is resumed with ``sweep --resume`` when the method,
+    grid and base config are the ones it began with; with another base it starts over."""
+    method, spec = Method.parse("fedavg"), {"seeds": [100], "validation_fraction": 0.3}
+    out = tmp_path / "tune" / "fedavg"
+    protocol.sweep(BASE, method, spec, {"local.lr": [0.01, 0.03]}, out, progress=False)
+    (out / "sweep.json").unlink()  # killed before its last write
+    calls = []
+    real = protocol.cli
+    monkeypatch.setattr(protocol, "cli", lambda args, ok=(0,): calls.append(args[:2]) or real(args, ok))
+    protocol.sweep(BASE, method, spec, {"local.lr": [0.01, 0.03]}, out, progress=False)
+    assert calls == [["sweep", "--resume"]] and (out / "sweep.json").exists()
+    (out / "sweep.json").unlink()
+    protocol.sweep({**BASE, "rounds": 2}, method, spec, {"local.lr": [0.01, 0.03]}, out, progress=False)
+    assert calls[1][:1] == ["sweep"] and calls[1][1] == "--config"
+    assert json.loads((out / "sweep_config.json").read_text())["rounds"] == 2
