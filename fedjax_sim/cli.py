@@ -448,11 +448,13 @@ def _sweep_resume_args(a) -> argparse.Namespace:
     path = Path(a.resume)
     others = [x for x in a.argv if x not in ("sweep", "--no-progress")]
     if others not in (["--resume", a.resume], [f"--resume={a.resume}"]):
+        extra = [x for x in others if x not in ("--resume", a.resume, f"--resume={a.resume}")]
         raise ConfigError("--resume", a.resume, "alone (the sweep's own command line decides everything; "
-                                                f"also given: {' '.join(x for x in others if x != a.resume)})")
+                                                f"also given: {' '.join(extra)})")
     if not (path / sweep.ARGS_FILE).is_file():
+        hint = " (it holds a run: fedjax-sim run --resume)" if (path / "config.json").is_file() else ""
         raise ConfigError("--resume", a.resume, f"a sweep directory holding {sweep.ARGS_FILE} (written when a "
-                                                "sweep starts)")
+                                                f"sweep starts){hint}")
     if (path / "sweep.json").exists():  # written last
         raise ConfigError("--resume", a.resume, "an interrupted sweep (it holds sweep.json: it finished)")
     stored = json.loads((path / sweep.ARGS_FILE).read_text())["argv"]
