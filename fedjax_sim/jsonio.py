@@ -1,5 +1,6 @@
 """Strict JSON for every file a run writes: no NaN or Infinity (strict readers such as
-``JSON.parse`` or jq reject them), and writes that never leave a half-written file.
+``JSON.parse`` or jq reject them), and writes that never leave a half-written file (JSON, text
+and figures).
 
 A non-finite float becomes null, the value JSON has for "no number": a metric of a diverged
 model, a rate over no rows. Files are written to a temporary name beside the target and renamed
@@ -46,3 +47,15 @@ def write_text(path, text: str) -> None:
 def write_json(path, obj: Any, indent: int | None = 2) -> None:
     """Strict JSON (`dumps`) of ``obj`` written atomically to ``path``."""
     write_text(path, dumps(obj, indent=indent))
+
+
+def write_figure(fig, path, **kwargs) -> None:
+    """``fig.savefig(path, **kwargs)`` atomically (a temporary file beside it, then a rename), in
+    the format ``path``'s suffix names."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or None, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedjax_sim import jsonio
 from fedjax_sim.experiments import BOOTSTRAP_SEED, paired_bootstrap
 
 # Bootstrap draws for every interval in this module; named once so the caption states what ran.
@@ -85,7 +86,7 @@ STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "-
 
 def comparison_plot(run_dirs: list[Path], path: Path, key: str | None = None) -> None:
     """Writes `comparison_figure` to ``path``."""
-    comparison_figure(run_dirs, key).savefig(path, dpi=120)
+    jsonio.write_figure(comparison_figure(run_dirs, key), path, dpi=120)
 
 
 def comparison_figure(run_dirs: list[Path], key: str | None = None):
@@ -395,4 +396,4 @@ def seed_points_plot(summaries: list[dict], path, metric: str | None = None,
     ax.set_title(f"per seed; bar: mean, {100 * level:g}% bootstrap interval", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    jsonio.write_figure(fig, path, dpi=120)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from fedjax_sim import config as config_lib
+from fedjax_sim import jsonio
 from fedjax_sim import tasks as tasks_lib
 from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_clock, with_reference
 from fedjax_sim.core.clients import cohort_view, holds_host_memory, on_device
@@ -495,7 +496,7 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    jsonio.write_figure(fig, path, dpi=120)
 
 
 def with_out(cfg: config_lib.Config, out: str) -> config_lib.Config:

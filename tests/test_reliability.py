@@ -119,6 +119,20 @@ def test_json_writes_are_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
+def test_figures_are_written_atomically(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    path = tmp_path / "accuracy.png"
+    jsonio.write_figure(fig, path, dpi=50)
+    first = path.read_bytes()
+    assert first.startswith(b"\x89PNG")
+    with pytest.raises(Exception):  # a failed write leaves the earlier figure and no temporary file
+        jsonio.write_figure(fig, path, dpi=50, bbox_inches="no such box")
+    assert path.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the Python API and the field reference
 

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedjax_sim import protocol  # noqa: E402
+from fedjax_sim import jsonio, protocol  # noqa: E402
 from fedjax_sim.protocol import Method  # noqa: E402
 
 TIMES = (250.0, 500.0, 1000.0)  # earlier checkpoints of "accuracy at equal virtual time"
@@ -168,7 +168,7 @@ def staleness_hist(setting: dict, seeds: list[int], path: Path) -> str:
     ax.legend(fontsize=8)
     ax.set_title(f"staleness over {len(seeds)} seeds x {arrivals} arrivals")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    jsonio.write_figure(fig, path, dpi=120)
     plt.close(fig)
     return "\n".join(["| schedule | mean | median | p95 | max |", "|---|---|---|---|---|", *lines])
 
@@ -199,7 +199,7 @@ def time_plot(res_curves: dict, path: Path, title: str, budget: float, target: f
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    jsonio.write_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

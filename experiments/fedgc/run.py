@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedjax_sim import protocol  # noqa: E402
+from fedjax_sim import jsonio, protocol  # noqa: E402
 from fedjax_sim.protocol import Method  # noqa: E402
 
 METRIC = "global_accuracy"
@@ -162,7 +162,7 @@ def budget_plot(spec: dict, names: list[str], key: str, ylabel: str, path: Path)
     if ax.lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    jsonio.write_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

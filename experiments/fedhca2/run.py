@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedjax_sim import protocol  # noqa: E402
+from fedjax_sim import jsonio, protocol  # noqa: E402
 from fedjax_sim.protocol import Method  # noqa: E402
 
 REFERENCE = "local"
@@ -248,7 +248,7 @@ def plot_hyper_weights(spec: dict, names: list[str], path: Path) -> None:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    jsonio.write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -283,7 +283,7 @@ def plot_attention(spec: dict, names: list[str], path: Path) -> None:
         fig.colorbar(im, ax=ax, shrink=0.7)
     axes[0][0].set_ylabel("query decoder", fontsize=7)
     fig.suptitle("FedHCA2: cross-attention weights of the last aggregation (rows sum to 1)", y=1.02)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    jsonio.write_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -255,7 +255,9 @@ def plot_curves(res: dict, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from fedjax_sim import jsonio
+
+    jsonio.write_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedjax_sim import protocol  # noqa: E402
+from fedjax_sim import jsonio, protocol  # noqa: E402
 from fedjax_sim.protocol import Method  # noqa: E402
 
 LEARNED_ROUTERS = ("floral", "floral_10", "floral_stateless", "ensemble")
@@ -199,7 +199,7 @@ def plot_routers(spec: dict, names: list[str], path: Path) -> None:
             ax.set_ylabel("client (sorted by true cluster; lines: cluster boundaries)")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="router probability")
     fig.suptitle("FLoRAL(1%): router probabilities after the last round", y=1.04)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    jsonio.write_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
