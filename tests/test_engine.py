@@ -134,6 +134,31 @@ def test_bad_optimizer_names_and_hyperparameters(name, args, field):
     assert e.value.field == field
 
 
+def test_fedadagrad_is_fedopts_server_adagrad():
+    """``fedadagrad`` against FedOpt's update written out (v += g^2, w -= lr g / (sqrt(v) + tau),
+    v from 0): a loop of three steps, a zero gradient included, with its injected hyper-parameters;
+    optax's adagrad (eps inside the root, v from 0.1) differs."""
+    spec = make_optimizer("fedadagrad", 10.0, args="eps=0.01", params_example={"w": jnp.zeros(2)},
+                          field="server")
+    w, state = {"w": jnp.array([1.0, -1.0])}, None
+    state = spec.transform.init(w)
+    v, ref = np.zeros(2), np.array([1.0, -1.0])
+    for g in ([0.5, 0.0], [-0.2, 0.0], [0.1, 3.0]):
+        g = np.asarray(g, np.float32)
+        updates, state = spec.transform.update({"w": jnp.asarray(g)}, state, w)
+        w = optax.apply_updates(w, updates)
+        v = v + g * g
+        ref = ref - 10.0 * g / (np.sqrt(v) + 0.01)
+        np.testing.assert_allclose(w["w"], ref, rtol=1e-5)
+    assert state[-1].hyperparams["eps"] == pytest.approx(0.01)
+    other = make_optimizer("adagrad", 10.0, args="eps=0.01").transform
+    moved, _ = other.update({"w": jnp.array([0.5, 0.0])}, other.init(w), w)
+    assert not np.allclose(moved["w"], -10.0 * 0.5 / (0.5 + 0.01) * np.array([1.0, 0.0]))
+    with pytest.raises(ConfigError) as e:
+        make_optimizer("fedadagrad", 1.0, args="b1=0.9")
+    assert e.value.field == "local.optimizer_args" and "fedjax_sim.core.optim.fedadagrad" in str(e.value)
+
+
 def test_hyperparameter_optax_rejects_is_a_config_error():
     """A value optax only rejects when tracing the update is still caught before any compile."""
     with pytest.raises(ConfigError) as e:

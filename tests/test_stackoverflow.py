@@ -323,11 +323,12 @@ def test_padded_data_that_cannot_fit_memory_exits_2_before_allocating(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_tff_stackoverflow_lr_config_runs_on_files_in_its_format(tmp_path, capsys):
-    """experiments/tff/stackoverflow_lr.json is a valid run config (a few users, one round; the
+@pytest.mark.parametrize("name", ["stackoverflow_lr", "stackoverflow_lr_fedadagrad"])
+def test_tff_stackoverflow_lr_config_runs_on_files_in_its_format(name, tmp_path, capsys):
+    """experiments/tff/<name>.json is a valid run config (a few users, one round; the
     vocabularies of the generated count files)."""
     _write_users(tmp_path)
-    path = Path(__file__).resolve().parents[1] / "experiments" / "tff" / "stackoverflow_lr.json"
+    path = Path(__file__).resolve().parents[1] / "experiments" / "tff" / f"{name}.json"
     out = tmp_path / "run"
     rc = cli.main(["run", "--config", str(path), "--rounds", "1", "--clients", "3", "--cohort", "2", "--no-progress",
                    "--set", f"data.data_dir={tmp_path}", "--set", "data.vocab_size=40", "--set", "data.tag_vocab_size=8",
@@ -336,6 +337,7 @@ def test_tff_stackoverflow_lr_config_runs_on_files_in_its_format(tmp_path, capsy
     cfg = json.loads((out / "config.json").read_text())
     expected = json.loads(path.read_text())
     assert cfg["local"] == {**cfg["local"], **expected["local"]} and cfg["data"]["max_examples"] == 1000
+    assert cfg["server"] == {**cfg["server"], **expected["server"]}
 
 
 def test_a_tff_file_without_its_test_split_exits_2(tmp_path, capsys):

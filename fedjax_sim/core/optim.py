@@ -20,7 +20,36 @@ from fedjax_sim.errors import ConfigError
 
 # optax optimizers that take ``learning_rate`` first (``momentum`` is SGD with momentum).
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adagrad", "adabelief", "adamax", "amsgrad",
-              "lamb", "lion", "nadam", "novograd", "radam", "rmsprop", "yogi")
+              "lamb", "lion", "nadam", "novograd", "radam", "rmsprop", "yogi", "fedadagrad")
+
+
+class FedAdagradState(NamedTuple):
+    sum_of_squares: Any  # v: the running sum of squared updates, one per parameter
+
+
+def fedadagrad(learning_rate, initial_accumulator_value: float = 0.0, eps: float = 1e-3
+               ) -> optax.GradientTransformation:
+    """Adagrad with ``eps`` outside the square root: ``v += g^2``, ``w -= lr g / (sqrt(v) +
+    eps)``. This is FedAdagrad's server update in Reddi et al. 2021, "Adaptive Federated
+    Optimization", Algorithm 2 [paper] (``eps`` is their tau). Their code is Keras' ``Adagrad``,
+    which computes the same, with ``initial_accumulator_value=0.0`` and eps 10^-3 by default
+    (google-research/federated, ``optimization/``) [official code]. optax's ``adagrad`` puts
+    ``eps`` inside the square root and starts the sum at 0.1: a different optimizer wherever
+    ``sqrt(v)`` is not much larger than ``eps``."""
+
+    def init(params):
+        return FedAdagradState(jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params))
+
+    def update(updates, state, params=None):
+        del params
+        v = jax.tree.map(lambda g, s: s + jnp.square(g), updates, state.sum_of_squares)
+        return jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, v), FedAdagradState(v)
+
+    return optax.chain(optax.GradientTransformation(init, update), optax.scale_by_learning_rate(learning_rate))
+
+
+# optimizers of our own (OPTIMIZERS' other names are optax's)
+OWN = {"fedadagrad": fedadagrad}
 
 
 def static_zero(value) -> bool:
@@ -114,7 +143,8 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     if name not in OPTIMIZERS:
         raise ConfigError(f"{field}.optimizer", name, "one of " + ", ".join(OPTIMIZERS))
     extra = parse_optimizer_args(args, f"{field}.optimizer_args")
-    factory = optax.sgd if name in ("sgd", "momentum") else getattr(optax, name)
+    factory = optax.sgd if name in ("sgd", "momentum") else OWN.get(name) or getattr(optax, name)
+    origin = "fedjax_sim.core.optim" if name in OWN else "optax"
     hyper: dict[str, Any] = {"learning_rate": _number(learning_rate)}
     if name == "momentum":
         hyper["momentum"] = _number(momentum)
@@ -122,14 +152,14 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     for key, value in extra.items():
         if key not in allowed or key in hyper:
             raise ConfigError(f"{field}.optimizer_args", args,
-                              f"hyper-parameters of optax.{factory.__name__} other than those set "
+                              f"hyper-parameters of {origin}.{factory.__name__} other than those set "
                               f"by {field}.lr/{field}.momentum: {', '.join(allowed)}")
         hyper[key] = value
     static = tuple(k for k, v in hyper.items() if isinstance(v, (bool, str)))
     try:
         inner = optax.inject_hyperparams(factory, static_args=static)(**hyper)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{field}.optimizer_args", args, f"values optax.{factory.__name__} accepts ({e})") from None
+        raise ConfigError(f"{field}.optimizer_args", args, f"values {origin}.{factory.__name__} accepts ({e})") from None
     parts = []
     if not static_zero(clip_norm):
         parts.append(optax.clip_by_global_norm(clip_norm))
