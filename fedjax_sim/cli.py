@@ -688,6 +688,21 @@ def main(argv=None) -> int:
         print("fedjax-sim: interrupted; what each run wrote so far (config.json, metrics.jsonl) is "
               "kept in its run directory", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only XLA's out-of-memory is turned into advice
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"fedjax-sim: error: {out_of_memory(e)}", file=sys.stderr)
+        return 4
+
+
+def out_of_memory(error: Exception) -> str:
+    """One line for an allocation XLA could not make while compiling or running: what it said
+    and the settings that bound a round's memory (the up-front check counts only the arrays a run
+    holds, not a round's activations)."""
+    said = next((line.strip() for line in str(error).splitlines() if "RESOURCE_EXHAUSTED" in line), "")
+    return (f"the device ran out of memory ({said[:200]}); a round's memory grows with the clients trained "
+            "at once: lower cohort, or set client_mapping=chunked with a smaller chunk_size, or run seeds "
+            "and grid points one after another (trials=sequential); what the run wrote so far is kept")
 
 
 if __name__ == "__main__":

@@ -710,3 +710,20 @@ def test_a_resumed_sweep_reads_its_own_copy_of_the_config_file(tmp_path, capsys)
     (out / "sweep.json").unlink()  # as if killed before its last write
     assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
     assert (out / "sweep.json").exists()
+
+
+def test_running_out_of_device_memory_exits_4_with_advice(tmp_path, capsys, monkeypatch):
+    """XLA's RESOURCE_EXHAUSTED (a round's activations, which the up-front check does not count)
+    becomes one line naming the settings that bound a round's memory; other errors still raise."""
+    from fedjax_sim import trials
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81920000000 bytes.\n"
+                           "BufferAssignment OOM Debugging.")
+    monkeypatch.setattr(trials, "run_group", oom)
+    assert cli.main(["run", *TINY, "--out", str(tmp_path / "r")]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "81920000000 bytes" in err[0] and "chunk_size" in err[0], err
+    monkeypatch.setattr(trials, "run_group", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["run", *TINY, "--out", str(tmp_path / "r2")])
