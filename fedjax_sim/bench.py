@@ -20,7 +20,7 @@ import numpy as np
 
 from fedjax_sim import config as config_lib
 from fedjax_sim import parallel
-from fedjax_sim.core.clients import in_host_memory, to_host_memory
+from fedjax_sim.core.clients import holds_host_memory, to_host_memory
 from fedjax_sim.core.driver import compiler_options, make_block, round_inputs
 from fedjax_sim.core.local import Schedule, make_local_train
 from fedjax_sim.core.mapping import STRATEGIES
@@ -209,8 +209,7 @@ def bench(model: str = "mlp", features: int | None = None, hidden=(200, 200), cl
                    "client_state_bytes": int(sum(a.nbytes for f in alg.client_store
                                                  for a in jax.tree.leaves(getattr(state, f)))),
                    # measured: where the store's arrays are after the timed calls
-                   "state_memory": "host" if any(in_host_memory(a) for f in alg.client_store
-                                                 for a in jax.tree.leaves(getattr(state, f))) else "device",
+                   "state_memory": "host" if holds_host_memory(state, alg.client_store) else "device",
                    "state_memory_reason": "requested" if alg.client_store else "no per-client store"},
         "engine": {"algorithm": algorithm, "client_mapping": alg.info.get("client_mapping"), "chunk_size": alg.info.get("chunk_size"),
                    "devices": 1 if mesh is None else mesh.size,

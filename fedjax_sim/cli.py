@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "or SLURM / Open MPI's)")
     d.add_argument("--process-id", metavar="I", help="this process's index in [0, N) (default: $JAX_PROCESS_ID, "
                                                      "or SLURM / Open MPI's)")
-    w = sub.add_parser("sweep", help="a grid of hyper-parameters over seeds, selected on a validation "
+    w = sub.add_parser("sweep", allow_abbrev=False, help="a grid of hyper-parameters over seeds, selected on a validation "
                                      "split carved from each client's training rows (test rows unseen)")
     w.add_argument("--algorithm", default=None, help="algorithm(s) to tune, separated by commas "
                                                      "(each gets the whole grid; default fedavg)")
@@ -446,7 +446,7 @@ def _sweep_resume_args(a) -> argparse.Namespace:
     from fedjax_sim import sweep
 
     path = Path(a.resume)
-    others = [x for x in a.argv if x not in ("sweep", "--no-progress")]
+    others = [x for x in a.argv[1:] if x != "--no-progress"]  # after "sweep"
     if others not in (["--resume", a.resume], [f"--resume={a.resume}"]):
         extra = [x for x in others if x not in ("--resume", a.resume, f"--resume={a.resume}")]
         raise ConfigError("--resume", a.resume, "alone (the sweep's own command line decides everything; "

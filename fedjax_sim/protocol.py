@@ -13,6 +13,7 @@ result exists, so an interrupted experiment resumes.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -65,6 +66,8 @@ def cli(args: list[str], ok: tuple = (0,)) -> int:
 
     print("fedjax-sim " + " ".join(args), flush=True)
     code = main(args)
+    if code in (130, 143):  # interrupted (Ctrl-C / SIGTERM): stop with its code; a rerun resumes
+        raise SystemExit(code)
     if code not in ok:
         raise SystemExit(f"fedjax-sim {' '.join(args)} exited with {code}")
     return code
@@ -116,8 +119,10 @@ def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progres
     if (stored.exists() and not (out / "sweep.json").exists() and (out / sweep_lib.CONFIG_COPY).exists()
             and load(stored)["argv"] == ["--config", sweep_lib.CONFIG_COPY, *args]
             and load(out / sweep_lib.CONFIG_COPY) == json.loads(json.dumps(base))):
-        cli(["sweep", "--resume", str(out), *quiet], ok=(0, 3))
-        return
+        if cli(["sweep", "--resume", str(out), *quiet], ok=(0, 2, 3)) != 2:
+            return
+        print(f"{out}: the interrupted sweep cannot be resumed (above); starting it again", flush=True)
+        shutil.rmtree(out)
     _fresh(out, "sweep.json")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(base, f)

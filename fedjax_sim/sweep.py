@@ -149,7 +149,8 @@ def point_status(out: Path, cfg) -> str:
     run there), ``done`` (it finished, trained to the end or diverged), ``checkpoint``
     (interrupted, with a checkpoint to continue from) or ``restart`` (started, nothing to continue
     from: killed between checkpoints). Raises ConfigError when the directory holds a run of other
-    settings (e.g. a ``--config`` file edited since the sweep began)."""
+    settings (e.g. a default that a newer fedjax_sim changed; the ``--config`` file is read from the
+    sweep's own copy, `CONFIG_COPY`)."""
     from fedjax_sim import config as config_lib
     from fedjax_sim import jsonio
 

@@ -834,7 +834,8 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
 
 def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) -> list[dict]:
     """Runs a prepared group and writes one run directory per grid point; returns their
-    summaries [G]. Raises nothing on divergence: each summary's ``status`` says.
+    summaries [G] (fewer when interrupted: a point that had not started has no summary). Raises
+    nothing on divergence: each summary's ``status`` says.
 
     A run (one grid point) checkpoints its round loop (`checkpoints`); on `checkpoints.Interrupt`
     it stops after the current block and its summary has ``status: "interrupted"``. ``resume``:
@@ -909,12 +910,15 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
         board.close()
     summaries = []
     for j in points:
+        if not results[j]:  # interrupted before it started (a sequential group): its config.json only
+            continue
         timing = _sum_timing(timings[j])
         data_desc = describe(pg.preps[0][j].data)
         summary = point_summary(pg.preps[0][j], results[j], timing, resolved[j], data_desc)
         if interrupted[j]:
             summary["status"] = "interrupted"
-            summary["resume"] = f"fedjax-sim run --resume {outs[j]}"
+            if checkpoints.in_run(outs[j]):  # a sweep's group of several points has none
+                summary["resume"] = f"fedjax-sim run --resume {outs[j]}"
         elif single:  # finished: the resume checkpoints are spent
             for d in [checkpoints.directory(outs[j])] + [checkpoints.directory(outs[j], s) for s in group.seeds]:
                 checkpoints.remove(d)

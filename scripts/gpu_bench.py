@@ -82,10 +82,13 @@ def measure(spec: dict, timeout: float) -> dict:
         out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"ran past {timeout:.0f} s"}
+    lines = [x for x in out.stderr.strip().splitlines() if x.strip()] or [f"exit {out.returncode}"]
     if out.returncode != 0:
-        lines = [x for x in out.stderr.strip().splitlines() if x.strip()] or [f"exit {out.returncode}"]
         return {"error": lines[-1][:300]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"no JSON line in its output ({lines[-1][:200]})"}
 
 
 def main():
@@ -169,8 +172,8 @@ def table(recs: list[dict], sources: list[str]) -> str:
            "peak RSS GiB | data GiB | efficiency | compile s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, rs in rows.items():
         r0 = rs[0]
-        base_key = (key.replace(f" {r0['mapping']} ", " auto ") if r0["part"] == "mapping"
-                    else key.replace("--state-memory host", "--state-memory device"))
+        base_key = {"mapping": key.replace(f" {r0['mapping']} ", " auto "),  # a base for its ratio
+                    "state": key.replace("--state-memory host", "--state-memory device")}.get(r0["part"])
         sps = med(rs, "samples_per_s")
         if sps is None:
             cells = ["failed: " + rs[-1]["result"].get("error", "?").replace("|", "/")] + [""] * 7

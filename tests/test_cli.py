@@ -727,3 +727,19 @@ def test_running_out_of_device_memory_exits_4_with_advice(tmp_path, capsys, monk
     monkeypatch.setattr(trials, "run_group", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cli.main(["run", *TINY, "--out", str(tmp_path / "r2")])
+
+
+def test_a_sequential_sweep_interrupted_in_its_first_point_resumes(tmp_path, capsys, monkeypatch):
+    """Points run one after another (--trials sequential): stopped in the first, the second never
+    started and has no summary; the sweep exits 130 and its resume finishes both."""
+    from fedjax_sim import checkpoints, trials
+
+    out = tmp_path / "seq"
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: setattr(checkpoints.Interrupt, "signum", 2)])
+    assert cli.main(["sweep", "--grid", "local.lr=0.05,0.1", "--trials", "sequential"] + TINY
+                    + ["--rounds", "2", "--out", str(out)]) == 130
+    assert "sweep --resume" in capsys.readouterr().err
+    assert not (out / "fedavg" / "local.lr=0.1" / "summary.json").exists()
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [])
+    assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert [p["status"] for p in json.loads((out / "sweep.json").read_text())["fedavg"]["points"]] == ["ok", "ok"]

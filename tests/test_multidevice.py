@@ -176,19 +176,21 @@ def test_population_shardings_split_per_client_leaves_only():
     np.testing.assert_array_equal(parallel.to_host(placed)["control"], np.arange(80.0).reshape(2, 8, 5))
 
 
-@pytest.mark.parametrize("clients", [8, 6])
-def test_host_store_split_over_four_devices_equals_one_device(clients, tmp_path, monkeypatch):
-    """SCAFFOLD's control variates in host memory, split over 4 devices (8 clients) or replicated
-    (6): every metrics line equals the one-device run with its store in device memory."""
+@pytest.mark.parametrize("algorithm,store,clients", [("scaffold", "client_control", 8), ("local", "params", 6)])
+def test_host_store_split_over_four_devices_equals_one_device(algorithm, store, clients, tmp_path, monkeypatch):
+    """A per-client store in host memory, split over 4 devices (SCAFFOLD's control variates, 8
+    clients) or replicated (Local's models, 6 clients, evaluated a cohort-sized block at a time):
+    every metrics line equals the one-device run with its store in device memory."""
     from fedjax_sim import trials
     from fedjax_sim.core.clients import in_host_memory
 
-    base = dict(algorithm="scaffold", rounds=4, eval_every=2, cohort=5, data__num_clients=clients)
+    base = dict(algorithm=algorithm, rounds=4, eval_every=2, cohort=5, data__num_clients=clients)
     one = fedjax_sim.run(out=tmp_path / "one", client_mapping="vmap", state_memory="device", **base)
     seen = []
+    others = lambda state: [a for f in state._fields if f not in (store, "opt") for a in jax.tree.leaves(getattr(state, f))]  # noqa: E731
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: seen.append(
-        (all(map(in_host_memory, jax.tree.leaves(state.client_control))), any(map(in_host_memory, jax.tree.leaves(state.params))),
-         jax.tree.leaves(state.client_control)[0].sharding.spec))])
+        (all(map(in_host_memory, jax.tree.leaves(getattr(state, store)))), any(map(in_host_memory, others(state))),
+         jax.tree.leaves(getattr(state, store))[0].sharding.spec))])
     four = fedjax_sim.run(out=tmp_path / "four", client_mapping="sharded", state_memory="host", **base)
     split = jax.sharding.PartitionSpec(parallel.AXIS) if clients == 8 else jax.sharding.PartitionSpec()
     assert seen == [(True, False, split)] * 2

@@ -51,8 +51,10 @@ def _sweep(spec: dict, methods: list, grid: dict, out: Path, progress: bool) -> 
     t = spec["tune"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec["base"], f)
+    from fedjax_sim.protocol import seed_args
+
     args = ["sweep", "--config", f.name, "--algorithm", ",".join(methods),
-            "--seeds", ",".join(map(str, t["seeds"])), "--validation-fraction", str(t["validation_fraction"]),
+            *seed_args(t["seeds"]), "--validation-fraction", str(t["validation_fraction"]),
             "--out", str(out)]
     for key, values in grid.items():
         args += ["--grid", f"{key}={','.join(map(str, values))}"]
@@ -129,7 +131,9 @@ def final(spec: dict, runs_dir: Path, progress: bool) -> None:
         config = runs_dir / "final" / f"{method}.config.json"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps(res.best_config, indent=2))
-        _cli(["run", "--config", str(config), "--seeds", ",".join(map(str, spec["seeds"])),
+        from fedjax_sim.protocol import seed_args
+
+        _cli(["run", "--config", str(config), *seed_args(spec["seeds"]),
               "--out", str(out)] + ([] if progress else ["--no-progress"]))
 
 

@@ -83,7 +83,7 @@ def _fedavg_family(ctx: BuildContext, name: str, prox_mu: float = 0.0, finetune_
         mapped = mapping.map(lambda p, r, n, k: tune(p, opt.init(p), r, n, k)[0], (None, 0, 0, 0))
 
         def client_params(state, data, key):
-            keys = jax.random.split(key, data.num_clients)
+            keys = data.client_keys(key)
             return mapped(state.params, data.train_view(), data.n_train, keys)
 
     return Algorithm(name, init, round_fn, lambda s: s.params, client_params, info)
