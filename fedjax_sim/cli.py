@@ -384,8 +384,14 @@ def cmd_resume(a) -> int:
         raise ConfigError("--resume", a.resume, f"alone (the run's config.json decides everything; also given: "
                                                 f"{', '.join(given)})")
     if not (path / "config.json").is_file():
+        from fedjax_sim.sweep import ARGS_FILE
+
         subs = sorted(p.name for p in path.glob("*/config.json")) if path.is_dir() else []
         hint = f" (a comparison: resume one of its runs, e.g. {path / Path(subs[0]).parent})" if subs else ""
+        if (path / ARGS_FILE).is_file():
+            hint = f" (it holds a sweep: fedjax-sim sweep --resume {path})"
+        elif not path.exists():
+            hint = " (no such directory)"
         raise ConfigError("--resume", a.resume, f"a run directory holding config.json{hint}")
     if (path / "summary.json").is_file():
         status = json.loads((path / "summary.json").read_text()).get("status")
@@ -452,12 +458,17 @@ def _sweep_resume_args(a) -> argparse.Namespace:
         raise ConfigError("--resume", a.resume, "alone (the sweep's own command line decides everything; "
                                                 f"also given: {' '.join(extra)})")
     if not (path / sweep.ARGS_FILE).is_file():
-        hint = " (it holds a run: fedjax-sim run --resume)" if (path / "config.json").is_file() else ""
+        hint = (" (no such directory)" if not path.exists()
+                else " (it holds a run: fedjax-sim run --resume)" if (path / "config.json").is_file() else "")
         raise ConfigError("--resume", a.resume, f"a sweep directory holding {sweep.ARGS_FILE} (written when a "
                                                 f"sweep starts){hint}")
     if (path / "sweep.json").exists():  # written last
         raise ConfigError("--resume", a.resume, "an interrupted sweep (it holds sweep.json: it finished)")
-    stored = json.loads((path / sweep.ARGS_FILE).read_text())["argv"]
+    try:
+        stored = json.loads((path / sweep.ARGS_FILE).read_text())["argv"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("--resume", a.resume, f"a sweep directory whose {sweep.ARGS_FILE} is readable JSON "
+                                                "with its argv (it is damaged)") from None
     # the sweep's copy of its --config file is named relative to the sweep directory
     argv = ["sweep", *(str(path / x) if i and stored[i - 1] == "--config" else x for i, x in enumerate(stored)),
             "--out", str(path)]
@@ -505,7 +516,9 @@ def cmd_sweep(a) -> int:
     cfg.data.validation_fraction = fraction
     named = config_lib.copy_config(cfg)
     named.algorithm = "sweep-" + "-".join(algorithms)
-    base_out = a.out or cfg.out or runner._default_out(named)
+    # absolute: sweep.json's paths then hold from any working directory (and across a resume
+    # started elsewhere)
+    base_out = os.path.abspath(a.out or cfg.out or runner._default_out(named))
     if not resuming:  # a resumed sweep's directory was checked by _sweep_resume_args
         runner.check_out_dir(base_out)
     if not resuming and Path(base_out, "sweep.md").exists():
@@ -534,6 +547,11 @@ def cmd_sweep(a) -> int:
     # compiles, against the configs as prepared (what config.json holds)
     actions = {name: [sweep.resume_action([Path(o) for o in pg.group.outs], pg.group.configs) if resuming
                       else "run" for pg in pgs] for name, pgs in prepared.items()}
+    if resuming:
+        counts = [(n, sum(acts.count(n) for acts in actions.values())) for n in ("skip", "continue", "run")]
+        words = {"skip": "finished (kept)", "continue": "continued from a checkpoint", "run": "run from the start"}
+        print(f"resuming {base_out}: groups of grid points " + ", ".join(f"{c} {words[n]}" for n, c in counts if c),
+              file=sys.stderr)
     if not resuming:  # valid: the command line that --resume will read back
         Path(base_out).mkdir(parents=True, exist_ok=True)
         jsonio.write_json(Path(base_out, sweep.ARGS_FILE), {"argv": _stored_argv(a.argv[1:], base_out)})
@@ -543,8 +561,10 @@ def cmd_sweep(a) -> int:
             by_out = {}
             for pg, action in zip(pgs, actions[name]):
                 outs = [Path(o) for o in pg.group.outs]
-                if action == "skip":
+                if action == "skip":  # read back, with the directory where they are now (a moved sweep)
                     summaries = [json.loads((o / "summary.json").read_text()) for o in outs]
+                    for o, s in zip(outs, summaries):
+                        s["config"]["out"] = str(o)
                 else:
                     if action == "run":
                         sweep.clear(outs)

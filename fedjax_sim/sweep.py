@@ -156,7 +156,11 @@ def point_status(out: Path, cfg) -> str:
 
     if not (out / "config.json").is_file():
         return "new"
-    stored = dict(config_lib._flatten(json.loads((out / "config.json").read_text())))
+    try:
+        stored = dict(config_lib._flatten(json.loads((out / "config.json").read_text())))
+    except ValueError:
+        raise ConfigError("--resume", str(out.parent.parent), f"a sweep whose run directories are intact "
+                                                              f"({out / 'config.json'} is not JSON)") from None
     want = dict(config_lib._flatten(json.loads(jsonio.dumps(config_lib.to_dict(cfg)))))
     for key in sorted(set(stored) | set(want)):
         if key == "out" or key.startswith("resolved."):
@@ -165,8 +169,11 @@ def point_status(out: Path, cfg) -> str:
             raise ConfigError("--resume", str(out.parent.parent), f"a sweep whose settings are unchanged ({out.name} "
                                                                   f"ran with {key}={stored.get(key)!r}, the sweep now "
                                                                   f"gives {want.get(key)!r}); start it in a new --out")
-    summary = out / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("status") in ("ok", "diverged"):
+    try:
+        status = json.loads((out / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):  # none yet, or damaged: the point runs again
+        status = None
+    if status in ("ok", "diverged"):
         return "done"
     return "checkpoint" if checkpoints.in_run(out) else "restart"
 

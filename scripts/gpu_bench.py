@@ -1,7 +1,7 @@
 """Client mappings at cohorts 10 to 10,000 on one accelerator: samples/s and device memory, and the
 cost of keeping per-client state in host memory (the scale issue's GPU measurements).
 
-    python scripts/gpu_bench.py [--out DIR] [--budget-s 450] [--resume DIR/gpu-<stamp>.jsonl ...]
+    python scripts/gpu_bench.py [--out DIR] [--budget-s 450] [--resume LOG ...]
     python scripts/gpu_bench.py --table a.jsonl,b.jsonl [--md docs/bench/scale-gpu.md]
 
 Written for a lent machine whose time is short: every measurement is `fedjax-sim bench --json`
@@ -103,19 +103,24 @@ def main():
     a = ap.parse_args()
     if a.table:
         paths = [p for p in a.table.split(",") if p]
+        text = table(load(paths, ap, "--table"), [os.path.basename(p) for p in paths])  # before --md is touched
         with open(a.md, "w") as f:
-            f.write(table(load(paths), [os.path.basename(p) for p in paths]))
+            f.write(text)
         print(f"wrote {a.md}")
         return
-    done = {r["key"] for r in load(a.resume)}
+    done = {r["key"] for r in load(a.resume, ap, "--resume")}
+    todo = [s for s in plan(a.smoke) if s["key"] not in done]
+    if not todo:
+        print(f"every run is in the logs given: write the table with --table {','.join(a.resume)}")
+        return
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"gpu-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     start = time.monotonic()
-    todo = [s for s in plan(a.smoke) if s["key"] not in done]
     with open(path, "w") as log:
         for i, spec in enumerate(todo):
             if time.monotonic() - start > a.budget_s:
-                print(f"budget spent: {len(todo) - i} runs left; rerun with --resume {path}", flush=True)
+                print(f"budget spent: {len(todo) - i} runs left; rerun with --resume {' '.join([*a.resume, path])}",
+                      flush=True)
                 break
             t = time.monotonic()
             result = measure(spec, a.run_timeout_s)
@@ -125,14 +130,21 @@ def main():
             log.flush()
             print(json.dumps({"key": spec["key"], "seconds": round(rec["seconds"], 1), **summary(result)}),
                   flush=True)
-    print(f"log: {path}")
+    print(f"log: {path} (with the earlier logs, --table {','.join([*a.resume, path])})")
 
 
-def load(paths: list[str]) -> list[dict]:
+def load(paths: list[str], ap: argparse.ArgumentParser | None = None, flag: str = "") -> list[dict]:
+    """Every record of the logs ``paths``; with ``ap``, a log that cannot be read is a usage
+    error naming ``flag`` (exit 2)."""
     recs = []
     for p in paths:
-        with open(p) as f:
-            recs += [json.loads(line) for line in f if line.strip()]
+        try:
+            with open(p) as f:
+                recs += [json.loads(line) for line in f if line.strip()]
+        except (OSError, json.JSONDecodeError) as e:
+            if ap is None:
+                raise
+            ap.error(f"{flag} {p}: not a log of this script ({type(e).__name__}: {e})")
     return recs
 
 

@@ -686,6 +686,7 @@ def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, caps
     monkeypatch.setattr(trials, "run_group", lambda pg, **kw: ran.append(pg.group.configs[0].algorithm)
                         or run_group(pg, **kw))
     assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert "1 finished (kept), 1 run from the start" in capsys.readouterr().err
     assert ran == ["fedprox"]
     whole, cut = (json.loads((d / "sweep.json").read_text()) for d in (tmp_path / "whole", out))
     for name in ("fedavg", "fedprox"):
