@@ -651,7 +651,7 @@ def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, caps
     changed setting are refused with exit 2."""
     from fedjax_sim import checkpoints, trials
 
-    args = ["sweep", "--algorithm", "fedavg,fedprox", "--grid", "local.lr=0.05,0.1"] + TINY + ["--rounds", "3"]
+    args = ["sweep", "--algorithm", "fedavg,fedprox", "--grid", "local.lr=0.05,0.1"] + TINY + ["--rounds", "2"]
     rounds_done = []
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: rounds_done.append(done)])
     assert cli.main(args + ["--out", str(tmp_path / "whole")]) == 0

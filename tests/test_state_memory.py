@@ -18,7 +18,6 @@ from fedjax_sim.errors import ConfigError
 STATEFUL = {  # algorithm -> the state fields that are its per-client store
     "scaffold": ("client_control",), "local": ("params", "opt"), "fedper": ("clients",),
     "fedrep": ("clients",), "fedrema": ("clients",), "floral": ("clients",),
-    "floral_stateless": ("clients",),  # its router fit draws a key per client, in blocks too
 }
 
 
@@ -177,12 +176,9 @@ def _device_puts(jaxpr) -> list:
     return shapes
 
 
-@pytest.mark.parametrize("name", ["local", "fedper", "floral", "scaffold"])
-def test_evaluation_copies_a_host_store_to_the_device_one_row_at_a_time(name):
-    """Evaluating a run whose store is in host memory never copies the store whole to the device:
-    per-client models are built a cohort-sized block at a time from rows moved one by one, and
-    the global model reads no store at all (checked on the traced program: on CPU both memories
-    are one RAM, so a memory reading would not tell)."""
+def _host_state(name: str):
+    """(prep, data, the initial state with its store in host memory) of a 10-client run with
+    cohort 3 (so evaluation blocks of 3, the last one padded)."""
     from conftest import tiny_config
 
     from fedjax_sim import runner
@@ -192,7 +188,36 @@ def test_evaluation_copies_a_host_store_to_the_device_one_row_at_a_time(name):
     alg = prep.algorithm
     data = jax.device_put(prep.data)
     state = jax.jit(lambda k, d: to_host_memory(alg.init(k, d), alg.client_store))(jax.random.PRNGKey(0), data)
-    jaxpr = jax.make_jaxpr(runner.make_evaluator(prep, alg))(state, data, jax.random.PRNGKey(1)).jaxpr
+    return prep, data, state
+
+
+def test_blocked_evaluation_equals_whole_evaluation():
+    """FLoRAL's stateless router, fitted per client at evaluation from that client's key: read
+    in blocks from a host store, every client gets the key (and the metrics) it gets when the
+    whole population is evaluated at once."""
+    from fedjax_sim import runner
+    from fedjax_sim.core.clients import on_device
+
+    prep, data, state = _host_state("floral_stateless")
+    evaluate = runner.make_evaluator(prep, prep.algorithm)
+    key = jax.random.PRNGKey(1)
+    blocks = jax.jit(evaluate)(state, data, key)
+    whole = jax.jit(evaluate)(on_device(state), data, key)
+    assert blocks.keys() == whole.keys()
+    for k in whole:
+        np.testing.assert_allclose(np.asarray(blocks[k]), np.asarray(whole[k]), rtol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["local", "fedper", "floral", "scaffold"])
+def test_evaluation_copies_a_host_store_to_the_device_one_row_at_a_time(name):
+    """Evaluating a run whose store is in host memory never copies the store whole to the device:
+    per-client models are built a cohort-sized block at a time from rows moved one by one, and
+    the global model reads no store at all (checked on the traced program: on CPU both memories
+    are one RAM, so a memory reading would not tell)."""
+    from fedjax_sim import runner
+
+    prep, data, state = _host_state(name)
+    jaxpr = jax.make_jaxpr(runner.make_evaluator(prep, prep.algorithm))(state, data, jax.random.PRNGKey(1)).jaxpr
     moved = _device_puts(jaxpr)
     assert all(shape[:1] == (1,) for shape in moved), moved
     assert bool(moved) == (name != "scaffold")
