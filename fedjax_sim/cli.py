@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "or SLURM / Open MPI's)")
     d.add_argument("--process-id", metavar="I", help="this process's index in [0, N) (default: $JAX_PROCESS_ID, "
                                                      "or SLURM / Open MPI's)")
-    w = sub.add_parser("sweep", allow_abbrev=False, help="a grid of hyper-parameters over seeds, selected on a validation "
-                                     "split carved from each client's training rows (test rows unseen)")
+    w = sub.add_parser("sweep", allow_abbrev=False,  # --conf would escape _stored_argv's config copy
+                       help="a grid of hyper-parameters over seeds, selected on a validation split carved "
+                            "from each client's training rows (test rows unseen)")
     w.add_argument("--algorithm", default=None, help="algorithm(s) to tune, separated by commas "
                                                      "(each gets the whole grid; default fedavg)")
     w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -479,9 +480,9 @@ def _sweep_resume_args(a) -> argparse.Namespace:
 
 def _stored_argv(argv: list[str], base_out: str) -> list[str]:
     """A sweep's arguments (after ``sweep``) as `sweep.ARGS_FILE` keeps them: without ``--out``
-    and ``--no-progress`` (the resuming command's choice), and with a ``--config`` file copied into the sweep directory (`sweep.CONFIG_COPY`, named
-    relative to it), so a resume reads the settings the sweep began with even if the file was
-    temporary or has been edited since."""
+    and ``--no-progress`` (the resuming command's choice), and with a ``--config`` file copied into
+    the sweep directory (`sweep.CONFIG_COPY`, named relative to it), so a resume reads the
+    settings the sweep began with even if the file was temporary or has been edited since."""
     from fedjax_sim import sweep
 
     out, it = [], iter(argv)
@@ -552,7 +553,7 @@ def cmd_sweep(a) -> int:
         words = {"skip": "finished (kept)", "continue": "continued from a checkpoint", "run": "run from the start"}
         print(f"resuming {base_out}: groups of grid points " + ", ".join(f"{c} {words[n]}" for n, c in counts if c),
               file=sys.stderr)
-    if not resuming:  # valid: the command line that --resume will read back
+    else:  # valid: the command line that --resume will read back
         Path(base_out).mkdir(parents=True, exist_ok=True)
         jsonio.write_json(Path(base_out, sweep.ARGS_FILE), {"argv": _stored_argv(a.argv[1:], base_out)})
     results = {}

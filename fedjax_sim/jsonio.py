@@ -36,10 +36,15 @@ def dumps(obj: Any, **kwargs) -> str:
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
+def _beside(path: Path) -> Path:
+    """The temporary name an atomic write of ``path`` uses (hidden, in the same directory)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def write_text(path, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (a temporary file beside it, then a rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _beside(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -53,7 +58,7 @@ def write_figure(fig, path, **kwargs) -> None:
     """``fig.savefig(path, **kwargs)`` atomically (a temporary file beside it, then a rename), in
     the format ``path``'s suffix names."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _beside(path)
     try:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or None, **kwargs)
         os.replace(tmp, path)

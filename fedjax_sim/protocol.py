@@ -13,7 +13,6 @@ result exists, so an interrupted experiment resumes.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -122,8 +121,7 @@ def sweep(base: dict, method: Method, tune: dict, grid: dict, out: Path, progres
         if cli(["sweep", "--resume", str(out), *quiet], ok=(0, 2, 3)) != 2:
             return
         print(f"{out}: the interrupted sweep cannot be resumed (above); starting it again", flush=True)
-        shutil.rmtree(out)
-    _fresh(out, "sweep.json")
+    _fresh(out, "sweep.json")  # an interrupted sweep not resumed: removed, run again
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(base, f)
     cli(["sweep", "--config", f.name, *args, *quiet, "--out", str(out)], ok=(0, 3))

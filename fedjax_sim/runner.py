@@ -450,9 +450,7 @@ def plot_history(history: list[dict], path: Path, title: str, headline: str = "a
     """The task's headline metric per evaluated round (global and personalized where present);
     with several seeds (records carry ``seed``) one thin line per seed and their mean.
     ``diverged``: [(seed, round)] of seeds that diverged, drawn as red dashed lines at that round."""
-    from matplotlib.figure import (
-        Figure,  # no pyplot: a notebook's backend is left alone
-    )
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()

@@ -156,19 +156,20 @@ def point_status(out: Path, cfg) -> str:
 
     if not (out / "config.json").is_file():
         return "new"
+    sweep_dir = str(out.parent.parent)  # <sweep>/<algorithm>/<point>
     try:
         stored = dict(config_lib._flatten(json.loads((out / "config.json").read_text())))
     except ValueError:
-        raise ConfigError("--resume", str(out.parent.parent), f"a sweep whose run directories are intact "
-                                                              f"({out / 'config.json'} is not JSON)") from None
+        raise ConfigError("--resume", sweep_dir, f"a sweep whose run directories are intact "
+                                                 f"({out / 'config.json'} is not JSON)") from None
     want = dict(config_lib._flatten(json.loads(jsonio.dumps(config_lib.to_dict(cfg)))))
     for key in sorted(set(stored) | set(want)):
         if key == "out" or key.startswith("resolved."):
             continue
         if stored.get(key) != want.get(key):
-            raise ConfigError("--resume", str(out.parent.parent), f"a sweep whose settings are unchanged ({out.name} "
-                                                                  f"ran with {key}={stored.get(key)!r}, the sweep now "
-                                                                  f"gives {want.get(key)!r}); start it in a new --out")
+            raise ConfigError("--resume", sweep_dir, f"a sweep whose settings are unchanged ({out.name} ran with "
+                                                     f"{key}={stored.get(key)!r}, the sweep now gives "
+                                                     f"{want.get(key)!r}); start it in a new --out")
     try:
         status = json.loads((out / "summary.json").read_text()).get("status")
     except (OSError, ValueError, AttributeError):  # none yet, or damaged: the point runs again
