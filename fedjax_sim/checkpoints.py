@@ -1,7 +1,8 @@
 """Resumable runs: checkpoints of the round loop (orbax-checkpoint) and safe interruption.
 
 A checkpoint is a directory (``<run>/resume`` for a run, ``<run>/resume_seed<s>`` per seed when
-seeds run one after another) holding
+seeds run one after another; a sweep's group of grid points trained as one program keeps its one
+checkpoint in its first point's directory) holding
 
   state-<round>/   the algorithm state after that round (orbax, any pytree of arrays)
   progress.json    what the host knows at that round: each trial's status, rounds done, last
@@ -52,7 +53,7 @@ class Interrupt:
         if cls.signum is None:
             cls.signum = signum
             print(f"\nfedjax-sim: {signal.Signals(signum).name} received: stopping after the current block "
-                  "and saving what it reached (a run's checkpoint; a sweep's finished grid points) (signal "
+                  "and saving what it reached (a checkpoint, and a sweep's finished grid points) (signal "
                   "again to wait: nothing is cut short)", file=sys.stderr)
         else:
             print("fedjax-sim: still saving the checkpoint and results; please wait", file=sys.stderr)

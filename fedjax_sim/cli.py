@@ -47,9 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "config.json decides everything; no other option)")
     r.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="also write TensorBoard event files (<run>/tensorboard; needs tensorboardX)")
-    r.add_argument("--checkpoint-every", metavar="N", help="checkpoint the round loop every N rounds so "
-                                                           "--resume can continue a killed run (default: only "
-                                                           "when interrupted by Ctrl-C / SIGTERM)")
     d = r.add_argument_group("multi-process (docs/scale.md)")
     d.add_argument("--distributed", action="store_true",
                    help="join JAX's distributed runtime: every process runs this same command, the cohort "
@@ -75,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--select", default=None, help="metric to select on (default personalized_<headline>, "
                                                   "else global_<headline>), final round, mean over seeds")
     w.add_argument("--resume", metavar="DIR", help="continue an interrupted sweep: its command line is read "
-                                                   "back; finished grid points are kept, checkpointed ones "
-                                                   "continue, the rest run (no other option)")
+                                                   "back; finished grid points are kept, the others continue "
+                                                   "from their checkpoint or run again (no other option)")
     _common_run_args(w, out=False)
     ls = sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
     ls.add_argument("--fields", action="store_true", help="every config field with its type, default and "
@@ -129,6 +126,9 @@ def _common_run_args(r, out: bool = True) -> None:
                                         "(clients augment their data once with a generator fitted on "
                                         "data.public_fraction; any algorithm then trains on it)")
     r.add_argument("--trials", help="how seeds and grid points run: auto (default), vmap, sequential")
+    r.add_argument("--checkpoint-every", metavar="N", help="checkpoint the round loop every N rounds so "
+                                                           "--resume can continue a killed run or sweep "
+                                                           "(default: only when interrupted by Ctrl-C / SIGTERM)")
     r.add_argument("--preset", help="a paper's setting, applied before --config, flags and --set "
                                     "(fedjax-sim list names them)")
     if out:
@@ -384,9 +384,9 @@ def cmd_resume(a) -> int:
     if given:
         raise ConfigError("--resume", a.resume, f"alone (the run's config.json decides everything; also given: "
                                                 f"{', '.join(given)})")
-    if not (path / "config.json").is_file():
-        from fedjax_sim.sweep import ARGS_FILE
+    from fedjax_sim.sweep import ARGS_FILE
 
+    if not (path / "config.json").is_file():
         subs = sorted(p.name for p in path.glob("*/config.json")) if path.is_dir() else []
         hint = f" (a comparison: resume one of its runs, e.g. {path / Path(subs[0]).parent})" if subs else ""
         if (path / ARGS_FILE).is_file():
@@ -394,6 +394,10 @@ def cmd_resume(a) -> int:
         elif not path.exists():
             hint = " (no such directory)"
         raise ConfigError("--resume", a.resume, f"a run directory holding config.json{hint}")
+    sweep_dir = path.resolve().parent.parent  # <sweep>/<algorithm>/<grid point>
+    if (sweep_dir / ARGS_FILE).is_file():  # its checkpoint may be its group's, its results the sweep's
+        raise ConfigError("--resume", a.resume, f"a run directory, not a sweep's grid point (a sweep resumes "
+                                                f"whole: fedjax-sim sweep --resume {sweep_dir})")
     if (path / "summary.json").is_file():
         status = json.loads((path / "summary.json").read_text()).get("status")
         if status != "interrupted":
@@ -569,9 +573,10 @@ def cmd_sweep(a) -> int:
                 else:
                     if action == "run":
                         sweep.clear(outs)
-                    summaries = trials.run_group(pg, progress=not a.no_progress, resume=action == "continue")
+                    summaries = trials.run_group(pg, progress=not a.no_progress, resume=action == "continue",
+                                                 resume_command=f"fedjax-sim sweep --resume {base_out}")
                     if checkpoints.Interrupt.requested():
-                        print(f"fedjax-sim: sweep interrupted; finished grid points are kept, resume with: "
+                        print(f"fedjax-sim: sweep interrupted; finished grid points and a checkpoint are kept, resume with: "
                               f"fedjax-sim sweep --resume {base_out}", file=sys.stderr)
                         return checkpoints.Interrupt.exit_code()
                 by_out.update(zip(outs, summaries))

@@ -327,8 +327,8 @@ class Config:
     out: str = ""  # the run directory; "" = runs/<time>-<algorithm>-<dataset>
     checkpoint: bool = False  # write the final state as checkpoint.npz (checkpoint_seed<s>.npz per seed)
     # > 0: checkpoint the round loop every this many rounds (at the end of the evaluation block
-    # that reaches a multiple; <run>/resume, orbax) so `fedjax-sim run --resume DIR` can continue
-    # it; 0 = only when interrupted (SIGINT / SIGTERM)
+    # that reaches a multiple; <run>/resume, orbax) so `fedjax-sim run --resume DIR` (a sweep:
+    # `fedjax-sim sweep --resume DIR`) can continue it; 0 = only when interrupted (SIGINT / SIGTERM)
     checkpoint_every: int = 0
     # also write every metrics line as TensorBoard scalars (<run>/tensorboard, tag <metric>/seed<s>;
     # needs tensorboardX: pip install "fedjax_sim[tensorboard]")

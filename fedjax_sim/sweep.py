@@ -181,13 +181,15 @@ def point_status(out: Path, cfg) -> str:
 
 def resume_action(outs: list[Path], configs: list) -> str:
     """What a resumed sweep does with a group of grid points (trained together, `trials.plan`):
-    ``skip`` (every point finished: its summaries are read back), ``continue`` (every point has a
-    checkpoint) or ``run`` (from the start; what a started point wrote is removed first, by
-    `clear`)."""
-    states = {point_status(out, cfg) for out, cfg in zip(outs, configs)}
-    if states == {"done"}:
+    ``skip`` (every point finished: its summaries are read back), ``continue`` (a point holds a
+    checkpoint: the group's, in its first point's directory, or, points and seeds trained one
+    after another, those of the programs that ran; `trials.run_group` continues each program from
+    its own and runs again those without) or ``run`` (from the start; what a started point wrote
+    is removed first, by `clear`)."""
+    states = [point_status(out, cfg) for out, cfg in zip(outs, configs)]
+    if set(states) == {"done"}:
         return "skip"
-    return "continue" if states == {"checkpoint"} else "run"
+    return "continue" if "checkpoint" in states else "run"
 
 
 def clear(outs: list[Path]) -> None:

@@ -451,9 +451,11 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
     saved = None
     if resume and resume_dir is not None and checkpoints.exists(resume_dir):
         saved = json.loads((resume_dir / checkpoints.PROGRESS).read_text())
-        _restore_trials(trials, saved, configs, points, seeds)
+        _restore_trials(trials, saved, configs, seeds)
         if saved.get("complete"):  # this unit had finished before the interruption
             return UnitResult([t for row in trials for t in row], saved["timing"])
+    elif resume:  # killed before its first checkpoint: it starts again, without what it wrote
+        _trim_metrics(configs, seeds, -1)
     mesh = prep.mapping.mesh
     # on a mesh, every program input is a global array replicated over it (each process fills its
     # own devices with the same host values); on one device, JAX places inputs itself
@@ -690,17 +692,26 @@ def _trial_record(t: "_Trial") -> dict:
             "stopped": t.stopped, "per_client": t.per_client, "report": t.report, "diverged_at": t.diverged_at}
 
 
-def _restore_trials(trials: list, saved: dict, configs: list, points: list, seeds: list) -> None:
-    """Trials from a checkpoint's records, their history from metrics.jsonl; the records of
-    these seeds after the checkpoint's round are dropped from the file (a killed run may have
-    written them after its last checkpoint)."""
-    rnd = int(saved["round"])
-    for j, point in enumerate(points):
-        path = Path(configs[j].out) / "metrics.jsonl"
+def _trim_metrics(configs: list, seeds: list, rnd: int) -> list[list[dict]]:
+    """Drops from each point's metrics.jsonl the records of ``seeds`` after round ``rnd`` (a
+    killed run may have written them after its last checkpoint; ``rnd`` -1: all of them, a unit
+    killed before its first checkpoint); returns what each file keeps."""
+    kept = []
+    for cfg in configs:
+        path = Path(cfg.out) / "metrics.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         keep = [r for r in records if r.get("seed") not in seeds or r["round"] <= rnd]
         if len(keep) != len(records):
             jsonio.write_text(path, "".join(jsonio.dumps(r) + "\n" for r in keep))
+        kept.append(keep)
+    return kept
+
+
+def _restore_trials(trials: list, saved: dict, configs: list, seeds: list) -> None:
+    """Trials from a checkpoint's records, their history from metrics.jsonl (`_trim_metrics`:
+    the records after the checkpoint's round are dropped)."""
+    rnd = int(saved["round"])
+    for j, keep in enumerate(_trim_metrics(configs, seeds, rnd)):
         for row, rec_row in zip(trials, saved["trials"]):
             t, rec = row[j], rec_row[j]
             t.status, t.message, t.done, t.stopped = rec["status"], rec["message"], rec["done"], rec["stopped"]
@@ -832,14 +843,19 @@ def resolved_config(prep, pg: PreparedGroup, cfg: config_lib.Config) -> dict:
     return resolved
 
 
-def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) -> list[dict]:
+def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False,
+              resume_command: str | None = None) -> list[dict]:
     """Runs a prepared group and writes one run directory per grid point; returns their
     summaries [G] (fewer when interrupted: a point that had not started has no summary). Raises
     nothing on divergence: each summary's ``status`` says.
 
-    A run (one grid point) checkpoints its round loop (`checkpoints`); on `checkpoints.Interrupt`
-    it stops after the current block and its summary has ``status: "interrupted"``. ``resume``:
-    continue the run directory's checkpoint (its config.json is kept)."""
+    Every program checkpoints its round loop (`checkpoints`): a group of grid points trained as
+    one program in its first point's directory, a program of one point and seed (``--trials
+    sequential``) in that point's. On `checkpoints.Interrupt` it stops after the current block,
+    and every point not trained to the end gets ``status: "interrupted"`` and, where a checkpoint
+    was kept, ``resume_command`` (default: ``fedjax-sim run --resume <out>``) in its summary.
+    ``resume``: continue each program from its checkpoint, rebuild those that had finished, run
+    again those killed before their first (config.json files are kept)."""
     from fedjax_sim import runner
     from fedjax_sim.data import describe
 
@@ -859,7 +875,7 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
         group.configs[j] = c
         r = resolved_config(pg.preps[0][j], pg, c)
         resolved.append(r)
-        if not resume:
+        if not resume or not (out / "config.json").is_file():
             jsonio.write_json(out / "config.json", r)
 
     boards: dict = {}
@@ -878,16 +894,16 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
     points = list(range(len(group.configs)))
     results: list[list] = [[] for _ in points]
     timings: list[list] = [[] for _ in points]
-    # a run (not a sweep's grid): checkpointed, resumable; not across processes, whose orbax
-    # checkpoint would need one directory that every process writes (process 0's is the only one)
-    single = len(points) == 1 and jax.process_count() == 1
+    # not across processes, whose orbax checkpoint would need one directory that every process
+    # writes (process 0's is the only one)
+    checkpointed = jax.process_count() == 1
     interrupted = [False] * len(points)
     multi = len(group.seeds) > 1
     if pg.mode == "vmap":
         axes = _Axes(True, bool(group.swept))
         unit = run_unit(pg.preps, pg.data, group.seeds, points, group.configs, group.swept, axes,
                         writers, progress, multi_seed=multi,
-                        resume_dir=checkpoints.directory(outs[0]) if single else None, resume=resume,
+                        resume_dir=checkpoints.directory(outs[0]) if checkpointed else None, resume=resume,
                         state_memory=pg.state_memory[0])
         for t in unit.trials:
             results[t.point].append(t)
@@ -899,7 +915,7 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
                 prep = pg.preps[i][j]
                 if any(interrupted):  # stopped in an earlier unit: these seeds did not start
                     continue
-                where = checkpoints.directory(outs[j], s if multi else None) if single else None
+                where = checkpoints.directory(outs[j], s if multi else None) if checkpointed else None
                 unit = run_unit([[prep]], prep.data, [s], [j], [group.configs[j]], (), _Axes(False, False),
                                 writers, progress, multi_seed=multi, resume_dir=where, resume=resume,
                                 state_memory=pg.state_memory[0])
@@ -908,6 +924,9 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
                 interrupted[j] = interrupted[j] or unit.interrupted
     for board in boards.values():
         board.close()
+    # a sequential group stopped in a later seed: its points hold fewer seeds than they run
+    unfinished = [interrupted[j] or len(results[j]) < len(group.seeds) for j in points]
+    resumable = any(checkpoints.in_run(out) for out in outs)
     summaries = []
     for j in points:
         if not results[j]:  # interrupted before it started (a sequential group): its config.json only
@@ -915,18 +934,19 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False) ->
         timing = _sum_timing(timings[j])
         data_desc = describe(pg.preps[0][j].data)
         summary = point_summary(pg.preps[0][j], results[j], timing, resolved[j], data_desc)
-        if interrupted[j]:
+        if unfinished[j]:
             summary["status"] = "interrupted"
-            if checkpoints.in_run(outs[j]):  # a sweep's group of several points has none
-                summary["resume"] = f"fedjax-sim run --resume {outs[j]}"
-        elif single:  # finished: the resume checkpoints are spent
-            for d in [checkpoints.directory(outs[j])] + [checkpoints.directory(outs[j], s) for s in group.seeds]:
-                checkpoints.remove(d)
+            if resumable:
+                summary["resume"] = resume_command or f"fedjax-sim run --resume {outs[j]}"
         jsonio.write_json(outs[j] / "summary.json", summary)
         runner.plot_history([h for t in results[j] for h in t.history], outs[j] / "accuracy.png",
                             group.configs[j].algorithm, pg.preps[0][j].task.headline,
                             diverged=[(t.seed, t.diverged_at) for t in results[j] if t.diverged_at])
         summaries.append(summary)
+    if not any(unfinished):  # finished: the resume checkpoints are spent
+        for out in outs:
+            for d in [checkpoints.directory(out)] + [checkpoints.directory(out, s) for s in group.seeds]:
+                checkpoints.remove(d)
     return summaries
 
 

@@ -646,9 +646,10 @@ def test_clients_without_test_rows_have_null_per_client_scores(tmp_path):
 def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, capsys, monkeypatch):
     """Ctrl-C stops a sweep after the current block (exit 130, naming the command that resumes
     it); ``sweep --resume DIR`` reads its command line back, keeps the groups that finished (not
-    run again), runs the rest, and selects what the uninterrupted sweep selects. Re-running the
-    original command on that directory, extra options with --resume, a finished sweep and a
-    changed setting are refused with exit 2."""
+    run again), continues the stopped group of two grid points from its checkpoint, and ends with
+    the uninterrupted sweep's metrics lines. Re-running the original command on that directory,
+    extra options with --resume, ``run --resume`` of a grid point, a finished sweep and a changed
+    setting are refused with exit 2."""
     from fedjax_sim import checkpoints, trials
 
     args = ["sweep", "--algorithm", "fedavg,fedprox", "--grid", "local.lr=0.05,0.1"] + TINY + ["--rounds", "2"]
@@ -668,7 +669,11 @@ def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, caps
     assert cli.main(args + ["--out", str(out)]) == 130
     assert f"fedjax-sim sweep --resume {out}" in capsys.readouterr().err
     assert not (out / "sweep.md").exists() and (out / "fedavg" / "local.lr=0.05" / "summary.json").exists()
+    stopped = json.loads((out / "fedprox" / "local.lr=0.1" / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["resume"] == f"fedjax-sim sweep --resume {out}"
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [])
+    assert cli.main(["run", "--resume", str(out / "fedprox" / "local.lr=0.05")]) == 2  # the group's checkpoint
+    assert f"sweep --resume {out}" in capsys.readouterr().err
 
     assert cli.main(args + ["--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err and not (out / "sweep.md").exists()
@@ -686,13 +691,16 @@ def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, caps
     monkeypatch.setattr(trials, "run_group", lambda pg, **kw: ran.append(pg.group.configs[0].algorithm)
                         or run_group(pg, **kw))
     assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
-    assert "1 finished (kept), 1 run from the start" in capsys.readouterr().err
+    assert "1 finished (kept), 1 continued from a checkpoint" in capsys.readouterr().err
     assert ran == ["fedprox"]
     whole, cut = (json.loads((d / "sweep.json").read_text()) for d in (tmp_path / "whole", out))
     for name in ("fedavg", "fedprox"):
         assert cut[name]["selected"] == whole[name]["selected"]
-        np.testing.assert_allclose([p["mean"] for p in cut[name]["points"]],
-                                   [p["mean"] for p in whole[name]["points"]], rtol=1e-6)
+        assert [p["mean"] for p in cut[name]["points"]] == [p["mean"] for p in whole[name]["points"]]
+        for point in ("local.lr=0.05", "local.lr=0.1"):
+            lines = [(d / name / point / "metrics.jsonl").read_text() for d in (tmp_path / "whole", out)]
+            assert lines[0] == lines[1]
+    assert not list(out.rglob("resume*")), "spent checkpoints are removed"
     assert cli.main(["sweep", "--resume", str(out)]) == 2
     assert "it finished" in capsys.readouterr().err
 
@@ -743,4 +751,5 @@ def test_a_sequential_sweep_interrupted_in_its_first_point_resumes(tmp_path, cap
     assert not (out / "fedavg" / "local.lr=0.1" / "summary.json").exists()
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [])
     assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert "continued from a checkpoint" in capsys.readouterr().err
     assert [p["status"] for p in json.loads((out / "sweep.json").read_text())["fedavg"]["points"]] == ["ok", "ok"]

@@ -243,6 +243,19 @@ def test_an_interrupted_run_resumes_bit_identical(algorithm, mode, tmp_path, mon
     lines = lambda name: sorted((tmp_path / name / "metrics.jsonl").read_text().splitlines())  # noqa: E731
     assert lines("full") == lines("cut")
     assert not list((tmp_path / "cut").glob("resume*"))  # spent checkpoints are removed
+    if mode == "sequential":  # killed (no time to checkpoint) in the second seed's first block
+        blocks = []
+
+        def crash(done, state):
+            blocks.append(done)
+            if len(blocks) > 1 and done <= blocks[-2]:  # the second seed began
+                raise SystemError("killed")
+        monkeypatch.setattr("fedjax_sim.trials.BLOCK_HOOKS", [crash])
+        with pytest.raises(SystemError):
+            cli.main(args + ["--out", str(tmp_path / "killed")])
+        monkeypatch.setattr("fedjax_sim.trials.BLOCK_HOOKS", [])
+        assert cli.main(["run", "--resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+        assert lines("full") == lines("killed")  # the killed seed's lines are written once
 
 
 def _wait_for(predicate, proc, timeout=240.0):
