@@ -636,8 +636,8 @@ def cmd_list(a) -> int:
         print(f"  {name:20s} {text}" + (" [model.dropout]" if name in DROPOUT_MODELS else ""))
     print("tasks (task.name):\n  " + ", ".join(TASKS))
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "
-          "*.optimizer_args=k=v,...; fedadagrad: Adagrad with eps outside the square root, FedOpt's "
-          "FedAdagrad):\n  " + ", ".join(OPTIMIZERS))
+          "*.optimizer_args=k=v,...; fedadagrad, fedadam, fedyogi: FedOpt's server optimizers as its "
+          "code computes them, eps added to the root of the uncorrected second moment):\n  " + ", ".join(OPTIMIZERS))
     from fedjax_sim.presets import describe_presets
     print("presets (--preset NAME; applied before --config, flags and --set):")
     for line in describe_presets():

@@ -164,7 +164,7 @@ class LocalConfig:
 class ServerConfig:
     """Server-side aggregation: the mean client delta is a pseudo-gradient for this optimizer."""
 
-    optimizer: str = "sgd"  # sgd | momentum | adam | ... (optax) | fedadagrad, applied to the mean client delta
+    optimizer: str = "sgd"  # sgd | momentum | adam | ... (optax) | fedadagrad | fedadam | fedyogi (FedOpt's), applied to the mean client delta
     lr: float = 1.0  # server learning rate on the mean client delta (1 with sgd = plain averaging)
     momentum: float = 0.9  # used by ``momentum``
     optimizer_args: str = ""  # extra optax hyper-parameters, e.g. "b1=0.9"

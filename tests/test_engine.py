@@ -159,6 +159,33 @@ def test_fedadagrad_is_fedopts_server_adagrad():
     assert e.value.field == "local.optimizer_args" and "fedjax_sim.core.optim.fedadagrad" in str(e.value)
 
 
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+@pytest.mark.parametrize("corrected", [True, False])
+def test_fedadam_and_fedyogi_are_fedopts_server_updates(name, corrected):
+    """Against FedOpt's update written out, as TFF's / Keras' Adam and Yogi compute it (eps added
+    to the uncorrected root; the bias correction in the learning rate, or Algorithm 2 without it):
+    three steps, a coordinate with a zero gradient included. optax's adam adds eps elsewhere."""
+    args = "eps=0.01,b2=0.99" + ("" if corrected else ",bias_correction=false")
+    spec = make_optimizer(name, 0.5, args=args, params_example={"w": jnp.zeros(2)}, field="server")
+    w = {"w": jnp.array([1.0, -1.0])}
+    state = spec.transform.init(w)
+    m, v, ref = np.zeros(2), np.zeros(2), np.array([1.0, -1.0])
+    for t, g in enumerate(([0.5, 0.0], [-0.2, 0.0], [0.1, 3.0]), start=1):
+        g = np.asarray(g, np.float32)
+        updates, state = spec.transform.update({"w": jnp.asarray(g)}, state, w)
+        w = optax.apply_updates(w, updates)
+        m = 0.9 * m + 0.1 * g
+        v = v + 0.01 * (g * g - v) if name == "fedadam" else v - 0.01 * g * g * np.sign(v - g * g)
+        lr = 0.5 * np.sqrt(1 - 0.99 ** t) / (1 - 0.9 ** t) if corrected else 0.5
+        ref = ref - lr * m / (np.sqrt(v) + 0.01)
+        np.testing.assert_allclose(w["w"], ref, rtol=1e-5)
+    if corrected:
+        other = make_optimizer("adam", 0.5, args="eps=0.01,b2=0.99").transform
+        moved, _ = other.update({"w": jnp.array([0.5, 0.0])}, other.init(w), w)
+        first = 0.5 * np.sqrt(0.01) / 0.1 * 0.05 / (np.sqrt(0.01 * 0.25) + 0.01)  # FedAdam's first step
+        assert not np.isclose(moved["w"][0], -first)
+
+
 def test_hyperparameter_optax_rejects_is_a_config_error():
     """A value optax only rejects when tracing the update is still caught before any compile."""
     with pytest.raises(ConfigError) as e:

@@ -465,6 +465,24 @@ def test_fedjax_experiment_configs_run_on_files_in_their_format(config, tmp_path
     assert cfg["local"]["lr"] == expected["local"]["lr"] and cfg["server"]["optimizer"] == expected["server"]["optimizer"]
 
 
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_fedopt_emnist_configs_are_fedjaxs_data_and_model_with_fedopts_optimizers(name):
+    """experiments/tff/emnist_character_<name>.json: valid, its server optimizer builds, and its
+    data and model are those of FedJAX's EMNIST config that runs above (the same CNN)."""
+    from fedjax_sim import config as config_lib
+    from fedjax_sim.core.optim import make_optimizer
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    raw = config_lib.read_config_file(root / "tff" / f"emnist_character_{name}.json")
+    cfg = config_lib.apply_dict(config_lib.Config(), raw)
+    config_lib.validate(cfg)
+    spec = make_optimizer(cfg.server.optimizer, cfg.server.lr, args=cfg.server.optimizer_args, field="server",
+                          params_example={"w": np.zeros(2, np.float32)})
+    assert spec.name == name and spec.hyperparams["eps"] == 1e-4
+    base = config_lib.read_config_file(root / "fedjax" / "emnist_conv.json")
+    assert raw["data"] == base["data"] and raw["model"] == base["model"]
+
+
 def test_fedjax_writer_round_trips_through_the_reader(tmp_path):
     """natural_files.write_fedjax_sqlite (for one's own populations) writes what the reader and the
     independent writer above agree on."""

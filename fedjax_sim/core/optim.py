@@ -20,7 +20,8 @@ from fedjax_sim.errors import ConfigError
 
 # optax optimizers that take ``learning_rate`` first (``momentum`` is SGD with momentum).
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adagrad", "adabelief", "adamax", "amsgrad",
-              "lamb", "lion", "nadam", "novograd", "radam", "rmsprop", "yogi", "fedadagrad")
+              "lamb", "lion", "nadam", "novograd", "radam", "rmsprop", "yogi", "fedadagrad", "fedadam",
+              "fedyogi")
 
 
 class FedAdagradState(NamedTuple):
@@ -48,8 +49,63 @@ def fedadagrad(learning_rate, initial_accumulator_value: float = 0.0, eps: float
     return optax.chain(optax.GradientTransformation(init, update), optax.scale_by_learning_rate(learning_rate))
 
 
+class FedMomentsState(NamedTuple):
+    count: jax.Array  # t: server steps taken, int32 []
+    mu: Any  # m: the first moment, one per parameter
+    nu: Any  # v: the second moment, one per parameter
+
+
+def _fed_moments(second_moment, learning_rate, b1, b2, eps, initial_accumulator_value,
+                 bias_correction) -> optax.GradientTransformation:
+    """FedAdam / FedYogi: ``m = b1 m + (1 - b1) g``, ``v = second_moment(v, g^2, b2)``, ``w -= lr_t m
+    / (sqrt(v) + eps)`` with ``lr_t = lr sqrt(1 - b2^t) / (1 - b1^t)`` (``bias_correction``) or
+    ``lr``. ``eps`` is added to the root of the *uncorrected* ``v``, as Keras and TFF do; optax's
+    ``adam`` / ``yogi`` add it to the corrected root, so this ``eps`` acts as optax's ``eps /
+    sqrt(1 - b2^t)``: larger in early steps."""
+
+    def init(params):
+        return FedMomentsState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
+                               jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params))
+
+    def update(updates, state, params=None):
+        del params
+        t = state.count + 1
+        m = jax.tree.map(lambda mu, g: b1 * mu + (1 - b1) * g, state.mu, updates)
+        v = jax.tree.map(lambda nu, g: second_moment(nu, jnp.square(g), b2), state.nu, updates)
+        scale = 1.0
+        if bias_correction:
+            step = t.astype(jnp.float32)
+            scale = jnp.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+        out = jax.tree.map(lambda mu, nu: scale * mu / (jnp.sqrt(nu) + eps), m, v)
+        return out, FedMomentsState(t, m, v)
+
+    return optax.chain(optax.GradientTransformation(init, update), optax.scale_by_learning_rate(learning_rate))
+
+
+def fedadam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3,
+            initial_accumulator_value: float = 0.0, bias_correction: bool = True) -> optax.GradientTransformation:
+    """FedAdam's server update: ``v = b2 v + (1 - b2) g^2`` (Reddi et al. 2021, "Adaptive
+    Federated Optimization", Algorithm 2 [paper], ``eps`` their tau). Their experiments ran Keras'
+    ``Adam`` (google-research/federated ``optimization/``, whose hyper-parameter notes give eps
+    10^-3 as the recommended default and b1, b2 at Keras' 0.9, 0.999) [official code], which
+    corrects the moments' bias in the learning rate (`_fed_moments`); Algorithm 2 as printed does
+    not: ``bias_correction=false``."""
+    return _fed_moments(lambda nu, g2, b2: nu + (1 - b2) * (g2 - nu), learning_rate, b1, b2, eps,
+                        initial_accumulator_value, bias_correction)
+
+
+def fedyogi(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3,
+            initial_accumulator_value: float = 0.0, bias_correction: bool = True) -> optax.GradientTransformation:
+    """FedYogi's server update: ``v = v - (1 - b2) g^2 sign(v - g^2)`` (Reddi et al. 2021,
+    Algorithm 2 [paper]). Their code ran a Keras Yogi with the initial accumulator at 0 (their
+    notes' flag ``server_yogi_initial_accumulator_value=0.0``; TFF's and TensorFlow Addons' default
+    is 10^-6) and the bias correction of Keras' Adam [official code]; see `fedadam`."""
+    return _fed_moments(lambda nu, g2, b2: nu - (1 - b2) * g2 * jnp.sign(nu - g2), learning_rate, b1, b2, eps,
+                        initial_accumulator_value, bias_correction)
+
+
 # optimizers of our own (OPTIMIZERS' other names are optax's)
-OWN = {"fedadagrad": fedadagrad}
+OWN = {"fedadagrad": fedadagrad, "fedadam": fedadam, "fedyogi": fedyogi}
 
 
 def static_zero(value) -> bool:
