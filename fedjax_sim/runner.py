@@ -19,10 +19,11 @@ from fedjax_sim import tasks as tasks_lib
 from fedjax_sim.algorithms import Algorithm, BuildContext, build, check_name, with_clock, with_reference
 from fedjax_sim.core.clients import cohort_view, holds_host_memory, on_device
 from fedjax_sim.core.evaluate import (client_summary, client_sums_in_blocks, evaluate_clients, evaluate_global,
-                                      evaluate_multitask)
+                                      evaluate_multitask, per_client_in_blocks)
 from fedjax_sim.core.local import Schedule
 from fedjax_sim.core.mapping import ClientMapping, client_mapping
 from fedjax_sim.core.optim import make_optimizer
+from fedjax_sim.core.privacy import attack_summary, client_attack, membership_inference
 from fedjax_sim.errors import ConfigError
 from fedjax_sim.models import DROPOUT_MODELS, MODELS, Model, build_model
 
@@ -335,6 +336,17 @@ def sync_clock(ctx: BuildContext):
     return durations
 
 
+def _host_blocks(prep: Prepared, alg: Algorithm, state, data, key):
+    """(params_of, block) when ``alg``'s per-client models come from a store in host memory: it is
+    then read one cohort-sized ``block`` of clients at a time (`per_client_in_blocks`), so the
+    device never holds more of it than a round does; ``params_of(idx, part)`` -> the models [B,
+    ...] of the clients ``idx`` [B]. None otherwise (no per-client models, or a device store)."""
+    if alg.client_params is None or not holds_host_memory(state, alg.client_store):
+        return None
+    params_of = lambda idx, part: alg.client_params(cohort_view(state, alg.client_store, idx), part, key)  # noqa: E731
+    return params_of, min(prep.config.cohort or data.num_clients, data.num_clients)
+
+
 def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
     """evaluate(state, data, key) -> dict of metrics (global and personalized), jittable.
     ``alg`` (default ``prep.algorithm``): the algorithm whose state is evaluated."""
@@ -346,14 +358,11 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
         out = {}
         if alg.global_params is not None:
             out.update(evaluate_global(task.metrics, alg.global_params(state), data.global_test))
-        if (alg.client_params is not None and task.target_kind != "multi"
-                and holds_host_memory(state, alg.client_store)):
-            # a store in host memory is read one cohort-sized block of clients at a time, so the
-            # device never holds more of it than a round does
-            params_of = lambda idx, part: alg.client_params(cohort_view(state, alg.client_store, idx), part, key)  # noqa: E731
-            sums = client_sums_in_blocks(task.metrics, params_of, data, min(prep.config.cohort or data.num_clients,
-                                                                             data.num_clients), mapping)
-            out.update(client_summary(sums, task.headline))
+        blocks = _host_blocks(prep, alg, state, data, key) if task.target_kind != "multi" else None
+        if blocks is not None:
+            params_of, block = blocks
+            out.update(client_summary(client_sums_in_blocks(task.metrics, params_of, data, block, mapping),
+                                      task.headline))
             return out
         if alg.client_params is not None:
             state = on_device(state)  # a multi-task run's store in host memory (rare) is copied whole
@@ -370,6 +379,35 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
         return out
 
     return evaluate
+
+
+def make_attack(prep: Prepared, alg: Algorithm | None = None):
+    """attack(state, data, key) -> the loss-based membership-inference attack (`core.privacy`) on
+    the final models, jittable: ``mia_auc`` / ``mia_balanced_accuracy`` on the global model,
+    ``*_personalized`` on each client's own (a store in host memory read by blocks, as
+    `make_evaluator` reads it). Single-output tasks."""
+    alg = alg or prep.algorithm
+    task = alg.task or prep.task
+    mapping = prep.mapping.resolved()
+
+    def attack(state, data, key):
+        out = {}
+        if alg.global_params is not None:
+            r = membership_inference(task.metrics, alg.global_params(state), data, False, mapping)
+            out.update(mia_auc=r["mia_auc"], mia_balanced_accuracy=r["mia_balanced_accuracy"])
+        if alg.client_params is None:
+            return out
+        blocks = _host_blocks(prep, alg, state, data, key)
+        if blocks is not None:
+            params_of, block = blocks
+            r = attack_summary(*per_client_in_blocks(
+                lambda idx, part: client_attack(task.metrics, params_of(idx, part), part, True, mapping), data, block))
+        else:
+            r = membership_inference(task.metrics, alg.client_params(state, data, key), data, True, mapping)
+        out.update(mia_auc_personalized=r["mia_auc"], mia_balanced_accuracy_personalized=r["mia_balanced_accuracy"])
+        return out
+
+    return attack
 
 
 def _host(tree) -> dict:

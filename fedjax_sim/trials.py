@@ -36,7 +36,6 @@ from fedjax_sim import config as config_lib
 from fedjax_sim.core.clients import on_device, to_host_memory
 from fedjax_sim.core.driver import RoundInput, compiler_options, count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
-from fedjax_sim.core.privacy import membership_inference
 from fedjax_sim.data.federated import padded
 from fedjax_sim.errors import ConfigError, DivergedError
 
@@ -327,9 +326,10 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
     """The jitted functions of one unit: ``init(hp, key, data)``, ``block(hp, state, data,
     inputs)``, ``evaluate(hp, state, data, key)``, ``report(hp, state)`` mapped over ``axes``.
     ``host_store``: the state fields init puts in host memory (``state_sharding`` says so too);
-    they stay there through the blocks; per-client evaluation reads them a cohort-sized block of
-    clients at a time (`runner.make_evaluator`); report and the attack copy them to device first
-    (`on_device`).
+    they stay there through the blocks; per-client evaluation and the membership attack read them
+    a cohort-sized block of clients at a time (`runner.make_evaluator`, `runner.make_attack`);
+    report copies them to device first (`on_device`; XLA drops the copies of leaves it does not
+    read).
 
     With a client ``mesh`` (the sharded client mapping) the state is laid out as
     ``state_sharding`` says (per-client leaves split over the devices like the data, the rest
@@ -361,21 +361,7 @@ def _program(prep, swept: tuple, configs: list, axes: _Axes, mesh=None, state_sh
         return assemble(h).report(on_device(state))
 
     def privacy(h, state, data, key):
-        """The loss-based membership-inference attack on the final models (`core.privacy`):
-        ``mia_*`` on the global model, ``mia_*_personalized`` on each client's own model."""
-        alg = assemble(h)
-        task = alg.task or prep.task
-        mapping = prep.mapping.resolved()
-        state = on_device(state)
-        out = {}
-        if alg.global_params is not None:
-            r = membership_inference(task.metrics, alg.global_params(state), data, False, mapping)
-            out.update(mia_auc=r["mia_auc"], mia_balanced_accuracy=r["mia_balanced_accuracy"])
-        if alg.client_params is not None:
-            r = membership_inference(task.metrics, alg.client_params(state, data, key), data, True, mapping)
-            out.update(mia_auc_personalized=r["mia_auc"],
-                       mia_balanced_accuracy_personalized=r["mia_balanced_accuracy"])
-        return out
+        return runner.make_attack(prep, assemble(h))(state, data, key)  # reads a host store by blocks
 
     attack = prep.task.target_kind != "multi"
     whole = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}

@@ -199,25 +199,26 @@ def test_blocked_evaluation_equals_whole_evaluation():
     from fedjax_sim.core.clients import on_device
 
     prep, data, state = _host_state("floral_stateless")
-    evaluate = runner.make_evaluator(prep, prep.algorithm)
     key = jax.random.PRNGKey(1)
-    blocks = jax.jit(evaluate)(state, data, key)
-    whole = jax.jit(evaluate)(on_device(state), data, key)
-    assert blocks.keys() == whole.keys()
-    for k in whole:
-        np.testing.assert_allclose(np.asarray(blocks[k]), np.asarray(whole[k]), rtol=1e-6, err_msg=k)
+    for make in (runner.make_evaluator, runner.make_attack):  # the membership attack reads the same blocks
+        fn = jax.jit(make(prep, prep.algorithm))
+        blocks, whole = fn(state, data, key), fn(on_device(state), data, key)
+        assert blocks.keys() == whole.keys() and blocks
+        for k in whole:
+            np.testing.assert_allclose(np.asarray(blocks[k]), np.asarray(whole[k]), rtol=1e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("name", ["local", "fedper", "floral", "scaffold"])
 def test_evaluation_copies_a_host_store_to_the_device_one_row_at_a_time(name):
-    """Evaluating a run whose store is in host memory never copies the store whole to the device:
+    """Evaluating (or attacking) a run whose store is in host memory never copies the store whole to the device:
     per-client models are built a cohort-sized block at a time from rows moved one by one, and
     the global model reads no store at all (checked on the traced program: on CPU both memories
     are one RAM, so a memory reading would not tell)."""
     from fedjax_sim import runner
 
     prep, data, state = _host_state(name)
-    jaxpr = jax.make_jaxpr(runner.make_evaluator(prep, prep.algorithm))(state, data, jax.random.PRNGKey(1)).jaxpr
-    moved = _device_puts(jaxpr)
-    assert all(shape[:1] == (1,) for shape in moved), moved
-    assert bool(moved) == (name != "scaffold")
+    for make in (runner.make_evaluator, runner.make_attack):  # and the membership attack on the final models
+        jaxpr = jax.make_jaxpr(make(prep, prep.algorithm))(state, data, jax.random.PRNGKey(1)).jaxpr
+        moved = _device_puts(jaxpr)
+        assert all(shape[:1] == (1,) for shape in moved), moved
+        assert bool(moved) == (name != "scaffold")

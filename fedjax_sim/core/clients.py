@@ -9,9 +9,10 @@ The stacked store may live in host memory (``state_memory=host``, placed by the 
 not gather from host memory by index ("memory_space of all inputs passed to gather must be the
 same"), so a host store is read and written one client row at a time (`lax.fori_loop` of
 ``dynamic_slice`` + a copy to device, and back), which XLA lowers to K row transfers. Device
-stores keep the one-op gather and scatter. Per-client evaluation reads a host store one block of
-clients at a time (`cohort_view`, `core.evaluate.client_sums_in_blocks`); code that reads a store
-whole (`report`, the membership attack, a diagnostic over all clients) goes through `on_device`.
+stores keep the one-op gather and scatter. Per-client evaluation and the membership attack read a
+host store one block of clients at a time (`cohort_view`, `core.evaluate.per_client_in_blocks`);
+code that reads a store whole (`report`, a multi-task evaluation, a diagnostic over all clients)
+goes through `on_device`.
 """
 from __future__ import annotations
 

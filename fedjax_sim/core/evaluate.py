@@ -120,24 +120,29 @@ def evaluate_clients(metrics_fn: Callable, params, rows: dict, n: jax.Array, sta
     return client_summary(client_sums(metrics_fn, params, rows, n, stacked, mapping), headline)
 
 
-def client_sums_in_blocks(metrics_fn: Callable, params_of: Callable, data, block: int,
-                          mapping: ClientMapping = ClientMapping("vmap")) -> dict:
-    """`client_sums` of every client's own model, built ``block`` clients at a time: {name: [C]}.
-
-    ``params_of(idx, part)`` -> [B, ...] the models of the clients ``idx`` [B], ``part`` their
-    data (`FederatedData.clients`). Only one block's models exist at once, which is what lets a
-    per-client store in host memory be evaluated without copying it to the device whole. The last
-    block repeats the last client to a full block; the repeats are dropped.
-    """
+def per_client_in_blocks(fn: Callable, data, block: int):
+    """``fn(idx, part)`` -> a pytree of [B] values of the clients ``idx`` [B] (``part``: their
+    data, `FederatedData.clients`), for every client, ``block`` clients at a time (`lax.map`):
+    leaves [C]. Only one block's intermediates exist at once, which is what lets a per-client store
+    in host memory be read without copying it to the device whole. The last block repeats the last
+    client to a full block; the repeats are dropped."""
     c = data.num_clients
 
     def one(j):
         idx = jnp.minimum(j * block + jnp.arange(block), c - 1)
-        part = data.clients(idx)
-        return client_sums(metrics_fn, params_of(idx, part), part.test, part.n_test, True, mapping)
+        return fn(idx, data.clients(idx))
 
-    sums = jax.lax.map(one, jnp.arange(-(-c // block)))  # {name: [blocks, block]}
-    return jax.tree.map(lambda a: a.reshape(-1)[:c], sums)
+    out = jax.lax.map(one, jnp.arange(-(-c // block)))  # leaves [blocks, block]
+    return jax.tree.map(lambda a: a.reshape(-1)[:c], out)
+
+
+def client_sums_in_blocks(metrics_fn: Callable, params_of: Callable, data, block: int,
+                          mapping: ClientMapping = ClientMapping("vmap")) -> dict:
+    """`client_sums` of every client's own model, built ``block`` clients at a time
+    (`per_client_in_blocks`): {name: [C]}. ``params_of(idx, part)`` -> [B, ...] the models of the
+    clients ``idx`` [B], ``part`` their data."""
+    return per_client_in_blocks(lambda idx, part: client_sums(metrics_fn, params_of(idx, part), part.test,
+                                                              part.n_test, True, mapping), data, block)
 
 
 def client_summary(sums: dict, headline: str) -> dict:

@@ -55,12 +55,12 @@ def loss_attack(l_mem: jax.Array, m_mem: jax.Array, l_non: jax.Array, m_non: jax
     return jnp.where(empty, jnp.nan, auc), jnp.where(empty, jnp.nan, jnp.maximum(bal, 0.5))
 
 
-def membership_inference(metrics_fn: Callable, params, data, stacked: bool,
-                         mapping: ClientMapping = ClientMapping("vmap")) -> dict:
-    """Per-client attack on ``params`` (shared, or [C, ...] with ``stacked``): members = each
-    client's real training rows (``train["generated"]`` False), non-members = its test rows.
-    Returns {"mia_auc": [], "mia_balanced_accuracy": []} (means over the clients with both sets)
-    and the per-client [C] arrays (``*_per_client``, NaN where undefined)."""
+def client_attack(metrics_fn: Callable, params, data, stacked: bool,
+                  mapping: ClientMapping = ClientMapping("vmap")) -> tuple[jax.Array, jax.Array]:
+    """(auc [C], balanced_accuracy [C]) of the attack on each client (`loss_attack`; NaN where a
+    client lacks members or non-members) under ``params`` (shared, or [C, ...] with ``stacked``):
+    members = each client's real training rows (``train["generated"]`` False), non-members = its
+    test rows."""
     view = data.train_view()
     train = {k: v for k, v in view.items() if k != "generated"}
     gen = view.get("generated")
@@ -73,8 +73,19 @@ def membership_inference(metrics_fn: Callable, params, data, stacked: bool,
     def client(p, tr, mm, te, mn):
         return loss_attack(per_row_loss(metrics_fn, p, tr), mm, per_row_loss(metrics_fn, p, te), mn)
 
-    auc, bal = mapping.map(client, (0 if stacked else None, 0, 0, 0, 0))(params, train, m_mem, data.test, m_non)
+    return mapping.map(client, (0 if stacked else None, 0, 0, 0, 0))(params, train, m_mem, data.test, m_non)
+
+
+def attack_summary(auc: jax.Array, bal: jax.Array) -> dict:
+    """{"mia_auc": [], "mia_balanced_accuracy": []}: means over the clients with both sets, and
+    the per-client [C] arrays (``*_per_client``, NaN where undefined)."""
     ok = ~jnp.isnan(auc)
     mean = lambda v: jnp.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(jnp.sum(ok), 1)  # noqa: E731
     return {"mia_auc": mean(auc), "mia_balanced_accuracy": mean(bal),
             "mia_auc_per_client": auc, "mia_balanced_accuracy_per_client": bal}
+
+
+def membership_inference(metrics_fn: Callable, params, data, stacked: bool,
+                         mapping: ClientMapping = ClientMapping("vmap")) -> dict:
+    """The per-client attack (`client_attack`) on ``params`` and its summary (`attack_summary`)."""
+    return attack_summary(*client_attack(metrics_fn, params, data, stacked, mapping))
