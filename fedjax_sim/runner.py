@@ -336,6 +336,12 @@ def sync_clock(ctx: BuildContext):
     return durations
 
 
+def _evaluated(prep: Prepared, alg: Algorithm | None):
+    """(the algorithm evaluated: ``alg`` or ``prep``'s, its task, the resolved client mapping)."""
+    alg = alg or prep.algorithm
+    return alg, alg.task or prep.task, prep.mapping.resolved()
+
+
 def _host_blocks(prep: Prepared, alg: Algorithm, state, data, key):
     """(params_of, block) when ``alg``'s per-client models come from a store in host memory: it is
     then read one cohort-sized ``block`` of clients at a time (`per_client_in_blocks`), so the
@@ -350,9 +356,7 @@ def _host_blocks(prep: Prepared, alg: Algorithm, state, data, key):
 def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
     """evaluate(state, data, key) -> dict of metrics (global and personalized), jittable.
     ``alg`` (default ``prep.algorithm``): the algorithm whose state is evaluated."""
-    alg = alg or prep.algorithm
-    task = alg.task or prep.task
-    mapping = prep.mapping.resolved()
+    alg, task, mapping = _evaluated(prep, alg)
 
     def evaluate(state, data, key):
         out = {}
@@ -386,9 +390,7 @@ def make_attack(prep: Prepared, alg: Algorithm | None = None):
     the final models, jittable: ``mia_auc`` / ``mia_balanced_accuracy`` on the global model,
     ``*_personalized`` on each client's own (a store in host memory read by blocks, as
     `make_evaluator` reads it). Single-output tasks."""
-    alg = alg or prep.algorithm
-    task = alg.task or prep.task
-    mapping = prep.mapping.resolved()
+    alg, task, mapping = _evaluated(prep, alg)
 
     def attack(state, data, key):
         out = {}
