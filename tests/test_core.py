@@ -10,12 +10,10 @@ import optax
 import pytest
 
 from conftest import (client, layers_of, make_data, mlp_params, params_of, ref_batches,
-                      ref_local_sgd, ref_logits, ref_loss_and_grads, tiny_config, tree_add)
-from fedjax_sim import runner, tasks
-from fedjax_sim.aggregators import (LowRankDelta, broadcast_mean, chain, densify, keep, mean,
-                                    partition, server_optimizer, weighted_mean)
+                      ref_local_sgd, ref_logits, ref_loss_and_grads, tree_add)
+from fedjax_sim import tasks
+from fedjax_sim.aggregators import LowRankDelta, chain, densify, mean, server_optimizer, weighted_mean
 from fedjax_sim.core.cohort import DenseLayout, make_cohort_train
-from fedjax_sim.core.driver import count_compiles
 from fedjax_sim.core.evaluate import evaluate_clients, evaluate_global
 from fedjax_sim.core.factored import make_factored_train
 from fedjax_sim.core.local import Schedule, make_local_train, padding_waste, size_order

@@ -18,9 +18,8 @@ from fedjax_sim.core.local import step_key_schedule
 from fedjax_sim.core.optim import lora_preconditioner
 from fedjax_sim.errors import ConfigError
 from fedjax_sim.models import mlp
-from fedjax_sim.models.mixture import (adaptor_delta, clamp_probs, ensemble_model, floral_model,
-                                       init_adaptors, merge_adaptors, mixture_probs,
-                                       plan_adaptors, resolve_rank)
+from fedjax_sim.models.mixture import (adaptor_delta, clamp_probs, ensemble_model, init_adaptors,
+                                       merge_adaptors, mixture_probs, plan_adaptors, resolve_rank)
 from conftest import ref_batches, ref_cohort
 
 
