@@ -467,8 +467,9 @@ def test_fedjax_experiment_configs_run_on_files_in_their_format(config, tmp_path
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
 def test_fedopt_emnist_configs_are_fedjaxs_data_and_model_with_fedopts_optimizers(name):
-    """experiments/tff/emnist_character_<name>.json: valid, its server optimizer builds, and its
-    data and model are those of FedJAX's EMNIST config that runs above (the same CNN)."""
+    """experiments/tff/emnist_character_<name>.json: valid, its server optimizer builds, its data
+    are those of FedJAX's EMNIST config that runs above, and its CNN that one's layout with
+    Keras' Glorot initialization (`simple_cnn`), as FedOpt's Keras model has."""
     from fedjax_sim import config as config_lib
     from fedjax_sim.core.optim import make_optimizer
 
@@ -480,7 +481,7 @@ def test_fedopt_emnist_configs_are_fedjaxs_data_and_model_with_fedopts_optimizer
                           params_example={"w": np.zeros(2, np.float32)})
     assert spec.name == name and spec.hyperparams["eps"] == 1e-4
     base = config_lib.read_config_file(root / "fedjax" / "emnist_conv.json")
-    assert raw["data"] == base["data"] and raw["model"] == base["model"]
+    assert raw["data"] == base["data"] and raw["model"] == {**base["model"], "name": "simple_cnn"}
 
 
 def test_fedjax_writer_round_trips_through_the_reader(tmp_path):

@@ -34,7 +34,8 @@ def fedadagrad(learning_rate, initial_accumulator_value: float = 0.0, eps: float
     eps)``. This is FedAdagrad's server update in Reddi et al. 2021, "Adaptive Federated
     Optimization", Algorithm 2 [paper] (``eps`` is their tau). Their code is Keras' ``Adagrad``,
     which computes the same, with ``initial_accumulator_value=0.0`` and eps 10^-3 by default
-    (google-research/federated, ``optimization/``) [official code]. optax's ``adagrad`` puts
+    (google-research/federated, ``optimization/``) [official code]; Algorithm 2 starts ``v`` at
+    some ``v_{-1} >= tau^2`` (``initial_accumulator_value``). optax's ``adagrad`` puts
     ``eps`` inside the square root and starts the sum at 0.1: a different optimizer wherever
     ``sqrt(v)`` is not much larger than ``eps``."""
 
@@ -88,8 +89,9 @@ def fedadam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3
     Federated Optimization", Algorithm 2 [paper], ``eps`` their tau). Their experiments ran Keras'
     ``Adam`` (google-research/federated ``optimization/``, whose hyper-parameter notes give eps
     10^-3 as the recommended default and b1, b2 at Keras' 0.9, 0.999) [official code], which
-    corrects the moments' bias in the learning rate (`_fed_moments`); Algorithm 2 as printed does
-    not: ``bias_correction=false``."""
+    corrects the moments' bias in the learning rate (`_fed_moments`). Algorithm 2 as printed does
+    not, and starts ``v`` at some ``v_{-1} >= tau^2``: ``bias_correction=false`` with
+    ``initial_accumulator_value`` = ``eps^2`` or more."""
     return _fed_moments(lambda nu, g2, b2: nu + (1 - b2) * (g2 - nu), learning_rate, b1, b2, eps,
                         initial_accumulator_value, bias_correction)
 
