@@ -394,15 +394,15 @@ def cmd_resume(a) -> int:
         elif not path.exists():
             hint = " (no such directory)"
         raise ConfigError("--resume", a.resume, f"a run directory holding config.json{hint}")
-    sweep_dir = path.resolve().parent.parent  # <sweep>/<algorithm>/<grid point>
-    if (sweep_dir / ARGS_FILE).is_file():  # its checkpoint may be its group's, its results the sweep's
-        raise ConfigError("--resume", a.resume, f"a run directory, not a sweep's grid point (a sweep resumes "
-                                                f"whole: fedjax-sim sweep --resume {sweep_dir})")
     if (path / "summary.json").is_file():
         status = json.loads((path / "summary.json").read_text()).get("status")
         if status != "interrupted":
             raise ConfigError("--resume", a.resume, f"an interrupted run (its summary.json says status {status}: "
                                                     "it finished)")
+    sweep_dir = path.resolve().parent.parent  # <sweep>/<algorithm>/<grid point>
+    if (sweep_dir / ARGS_FILE).is_file():  # its checkpoint may be its group's, its results the sweep's
+        raise ConfigError("--resume", a.resume, f"a run directory, not a sweep's grid point (a sweep resumes "
+                                                f"whole: fedjax-sim sweep --resume {sweep_dir})")
     if not checkpoints.in_run(path):
         raise ConfigError("--resume", a.resume, "a run directory with a checkpoint (resume/progress.json: "
                                                 "written every --checkpoint-every N rounds and on Ctrl-C)")

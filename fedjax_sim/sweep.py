@@ -146,9 +146,10 @@ CONFIG_COPY = "sweep_config.json"  # the sweep's --config file as it began (its 
 
 def point_status(out: Path, cfg) -> str:
     """Where grid point ``cfg``'s run directory ``out`` stands when a sweep resumes: ``new`` (no
-    run there), ``done`` (it finished, trained to the end or diverged), ``checkpoint``
-    (interrupted, with a checkpoint to continue from) or ``restart`` (started, nothing to continue
-    from: killed between checkpoints). Raises ConfigError when the directory holds a run of other
+    run there), ``done`` (its summary says it finished, trained to the end or diverged),
+    ``checkpoint`` (not finished; it holds a checkpoint: a program's state to continue from, or
+    the record of a program that finished) or ``restart`` (started, nothing to continue from:
+    killed before a checkpoint). Raises ConfigError when the directory holds a run of other
     settings (e.g. a default that a newer fedjax_sim changed; the ``--config`` file is read from the
     sweep's own copy, `CONFIG_COPY`)."""
     from fedjax_sim import config as config_lib
@@ -182,14 +183,15 @@ def point_status(out: Path, cfg) -> str:
 def resume_action(outs: list[Path], configs: list) -> str:
     """What a resumed sweep does with a group of grid points (trained together, `trials.plan`):
     ``skip`` (every point finished: its summaries are read back), ``continue`` (a point holds a
-    checkpoint: the group's, in its first point's directory, or, points and seeds trained one
-    after another, those of the programs that ran; `trials.run_group` continues each program from
-    its own and runs again those without) or ``run`` (from the start; what a started point wrote
-    is removed first, by `clear`)."""
-    states = [point_status(out, cfg) for out, cfg in zip(outs, configs)]
+    checkpoint, whatever the summaries say: the group's, in its first point's directory, or,
+    points and seeds trained one after another, those of the programs that ran; `trials.run_group`
+    continues each program from its own, rebuilds those that finished and runs again those
+    without) or ``run`` (from the start; what a started point wrote is removed first, by
+    `clear`)."""
+    states = [point_status(out, cfg) for out, cfg in zip(outs, configs)]  # also refuses changed settings
     if set(states) == {"done"}:
         return "skip"
-    return "continue" if "checkpoint" in states else "run"
+    return "continue" if any(checkpoints.in_run(out) for out in outs) else "run"
 
 
 def clear(outs: list[Path]) -> None:

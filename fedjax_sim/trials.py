@@ -423,8 +423,9 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
     ``resume_dir`` (`checkpoints.directory`): where this unit checkpoints its round loop, every
     ``checkpoint_every`` rounds and when `checkpoints.Interrupt` is raised (then it stops after
     the current block: ``UnitResult.interrupted``); None = no checkpoints. ``resume``: continue
-    from the checkpoint there (metrics.jsonl records after it are dropped), or, when the unit
-    had finished, rebuild its trials without running. ``state_memory``: ``host`` keeps the
+    from the checkpoint there (metrics.jsonl records after it are dropped); when the unit had
+    finished, rebuild its trials without running; with no checkpoint (killed before its first),
+    drop these seeds' records and run from the start. ``state_memory``: ``host`` keeps the
     algorithm's per-client store (`Algorithm.client_store`) in pinned host memory."""
     from fedjax_sim import runner
 
@@ -899,7 +900,7 @@ def run_group(pg: PreparedGroup, progress: bool = True, resume: bool = False,
         for i, s in enumerate(group.seeds):
             for j in points:
                 prep = pg.preps[i][j]
-                if any(interrupted):  # stopped in an earlier unit: these seeds did not start
+                if any(interrupted) or checkpoints.Interrupt.requested():  # stopped: these did not start
                     continue
                 where = checkpoints.directory(outs[j], s if multi else None) if checkpointed else None
                 unit = run_unit([[prep]], prep.data, [s], [j], [group.configs[j]], (), _Axes(False, False),

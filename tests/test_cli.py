@@ -739,17 +739,26 @@ def test_running_out_of_device_memory_exits_4_with_advice(tmp_path, capsys, monk
 
 
 def test_a_sequential_sweep_interrupted_in_its_first_point_resumes(tmp_path, capsys, monkeypatch):
-    """Points run one after another (--trials sequential): stopped in the first, the second never
-    started and has no summary; the sweep exits 130 and its resume finishes both."""
+    """Points run one after another (--trials sequential): stopped in the first point's last
+    block, that point finishes and the second never starts (no summary); the sweep exits 130 and
+    its resume keeps the first point's record (not retrained) and runs the second."""
     from fedjax_sim import checkpoints, trials
 
     out = tmp_path / "seq"
-    monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: setattr(checkpoints.Interrupt, "signum", 2)])
+    blocks = []
+
+    def stop_at_round_2(done, state):
+        blocks.append(done)
+        if done == 2:
+            checkpoints.Interrupt.signum = 2
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [stop_at_round_2])
     assert cli.main(["sweep", "--grid", "local.lr=0.05,0.1", "--trials", "sequential"] + TINY
                     + ["--rounds", "2", "--out", str(out)]) == 130
     assert "sweep --resume" in capsys.readouterr().err
+    assert blocks == [1, 2], "no program starts after the signal"
     assert not (out / "fedavg" / "local.lr=0.1" / "summary.json").exists()
-    monkeypatch.setattr(trials, "BLOCK_HOOKS", [])
+    monkeypatch.setattr(trials, "BLOCK_HOOKS", [lambda done, state: blocks.append(done)])
     assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert blocks == [1, 2, 1, 2], "only the second point trains"
     assert "continued from a checkpoint" in capsys.readouterr().err
     assert [p["status"] for p in json.loads((out / "sweep.json").read_text())["fedavg"]["points"]] == ["ok", "ok"]
