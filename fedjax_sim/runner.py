@@ -342,15 +342,26 @@ def _evaluated(prep: Prepared, alg: Algorithm | None):
     return alg, alg.task or prep.task, prep.mapping.resolved()
 
 
-def _host_blocks(prep: Prepared, alg: Algorithm, state, data, key):
-    """(params_of, block) when ``alg``'s per-client models come from a store in host memory: it is
-    then read one cohort-sized ``block`` of clients at a time (`per_client_in_blocks`), so the
-    device never holds more of it than a round does; ``params_of(idx, part)`` -> the models [B,
-    ...] of the clients ``idx`` [B]. None otherwise (no per-client models, or a device store)."""
-    if alg.client_params is None or not holds_host_memory(state, alg.client_store):
+def _block(prep: Prepared, alg: Algorithm, state, data) -> int | None:
+    """How many clients a whole-population pass (per-client evaluation, the membership attack)
+    takes at once: a cohort's (`per_client_in_blocks`) where the whole population would not fit
+    where a round fits: a per-client store in host memory (the device then holds no more of it than
+    a round does), or packed training rows (whose padded view [C, N_max, ...] is what packing
+    avoids); None: everyone at once."""
+    if not (data.packed or holds_host_memory(state, alg.client_store)):
         return None
-    params_of = lambda idx, part: alg.client_params(cohort_view(state, alg.client_store, idx), part, key)  # noqa: E731
-    return params_of, min(prep.config.cohort or data.num_clients, data.num_clients)
+    return min(prep.config.cohort or data.num_clients, data.num_clients)
+
+
+def _client_models(alg: Algorithm, state, key):
+    """``params_of(idx, part)`` -> the models [B, ...] of the clients ``idx`` [B] (``part``: their
+    data), built from their rows of the per-client store (`cohort_view`); ``idx`` None: every
+    client's, ``part`` the whole data."""
+    def params_of(idx, part):
+        if idx is None or not alg.client_store:
+            return alg.client_params(state, part, key)
+        return alg.client_params(cohort_view(state, alg.client_store, idx), part, key)
+    return params_of
 
 
 def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
@@ -362,11 +373,10 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
         out = {}
         if alg.global_params is not None:
             out.update(evaluate_global(task.metrics, alg.global_params(state), data.global_test))
-        blocks = _host_blocks(prep, alg, state, data, key) if task.target_kind != "multi" else None
-        if blocks is not None:
-            params_of, block = blocks
-            out.update(client_summary(client_sums_in_blocks(task.metrics, params_of, data, block, mapping),
-                                      task.headline))
+        block = _block(prep, alg, state, data) if task.target_kind != "multi" else None
+        if block is not None and alg.client_params is not None:
+            sums = client_sums_in_blocks(task.metrics, _client_models(alg, state, key), data, block, mapping)
+            out.update(client_summary(sums, task.headline))
             return out
         if alg.client_params is not None:
             state = on_device(state)  # a multi-task run's store in host memory (rare) is copied whole
@@ -388,25 +398,28 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
 def make_attack(prep: Prepared, alg: Algorithm | None = None):
     """attack(state, data, key) -> the loss-based membership-inference attack (`core.privacy`) on
     the final models, jittable: ``mia_auc`` / ``mia_balanced_accuracy`` on the global model,
-    ``*_personalized`` on each client's own (a store in host memory read by blocks, as
-    `make_evaluator` reads it). Single-output tasks."""
+    ``*_personalized`` on each client's own; in blocks of clients where `make_evaluator` takes
+    them (`_block`). Single-output tasks."""
     alg, task, mapping = _evaluated(prep, alg)
 
     def attack(state, data, key):
+        block = _block(prep, alg, state, data)
+
+        def on_everyone(params_of, stacked: bool) -> dict:
+            if block is None:
+                return membership_inference(task.metrics, params_of(None, data), data, stacked, mapping)
+            return attack_summary(*per_client_in_blocks(
+                lambda idx, part: client_attack(task.metrics, params_of(idx, part), part, stacked, mapping),
+                data, block))
+
         out = {}
         if alg.global_params is not None:
-            r = membership_inference(task.metrics, alg.global_params(state), data, False, mapping)
+            r = on_everyone(lambda idx, part: alg.global_params(state), False)
             out.update(mia_auc=r["mia_auc"], mia_balanced_accuracy=r["mia_balanced_accuracy"])
-        if alg.client_params is None:
-            return out
-        blocks = _host_blocks(prep, alg, state, data, key)
-        if blocks is not None:
-            params_of, block = blocks
-            r = attack_summary(*per_client_in_blocks(
-                lambda idx, part: client_attack(task.metrics, params_of(idx, part), part, True, mapping), data, block))
-        else:
-            r = membership_inference(task.metrics, alg.client_params(state, data, key), data, True, mapping)
-        out.update(mia_auc_personalized=r["mia_auc"], mia_balanced_accuracy_personalized=r["mia_balanced_accuracy"])
+        if alg.client_params is not None:
+            r = on_everyone(_client_models(alg, state, key), True)
+            out.update(mia_auc_personalized=r["mia_auc"],
+                       mia_balanced_accuracy_personalized=r["mia_balanced_accuracy"])
         return out
 
     return attack

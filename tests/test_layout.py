@@ -114,3 +114,41 @@ def test_padding_stacked_packed_seeds_gives_the_stacked_padded_rows():
     assert not from_packed.packed
     for k in ("x", "y"):
         np.testing.assert_array_equal(from_packed.train[k], from_grid.train[k])
+
+
+def _materialized(jaxpr, prefix: tuple) -> list:
+    """Shapes of the values a jaxpr (and the jaxprs inside it) computes that start with ``prefix``."""
+    found = []
+    for e in jaxpr.eqns:
+        found += [v.aval.shape for v in e.outvars if tuple(getattr(v.aval, "shape", ()))[:len(prefix)] == prefix]
+        for v in e.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else [v]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _materialized(inner, prefix)
+    return found
+
+
+def test_whole_population_passes_read_packed_rows_a_cohort_at_a_time():
+    """FedAvg with fine-tuning builds every client's model from its training rows at evaluation,
+    and the membership attack scores every training row: on packed rows both go a cohort of
+    clients at a time, never building the padded view [C, N_max, ...] that packing avoids, and
+    they give what the padded layout gives at once."""
+    from conftest import tiny_config
+
+    from fedjax_sim import runner
+    from fedjax_sim.data.federated import padded
+
+    prep = runner.prepare(tiny_config(algorithm="fedavg_ft", cohort=3, data__num_clients=7, data__layout="packed"))
+    data = jax.device_put(prep.data)
+    assert data.packed
+    key = jax.random.PRNGKey(1)
+    state = jax.jit(prep.algorithm.init)(key, data)
+    whole_view = (data.num_clients, data.max_train)
+    for make in (runner.make_evaluator, runner.make_attack):
+        fn = make(prep, prep.algorithm)
+        assert not _materialized(jax.make_jaxpr(fn)(state, data, key).jaxpr, whole_view), make.__name__
+        blocks, whole = jax.jit(fn)(state, data, key), jax.jit(fn)(state, padded(data), key)
+        assert blocks.keys() == whole.keys() and blocks
+        for k in whole:
+            np.testing.assert_allclose(np.asarray(blocks[k]), np.asarray(whole[k]), rtol=1e-6, err_msg=k)
