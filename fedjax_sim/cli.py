@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "else global_<headline>), final round, mean over seeds")
     w.add_argument("--resume", metavar="DIR", help="continue an interrupted sweep: its command line is read "
                                                    "back; finished grid points are kept, the others continue "
-                                                   "from their checkpoint or run again (no other option)")
+                                                   "from their checkpoint or run again (no other option but "
+                                                   "--no-progress)")
     _common_run_args(w, out=False)
     ls = sub.add_parser("list", help="registered algorithms, datasets, partitions, presets and config fields")
     ls.add_argument("--fields", action="store_true", help="every config field with its type, default and "
@@ -128,7 +129,8 @@ def _common_run_args(r, out: bool = True) -> None:
     r.add_argument("--trials", help="how seeds and grid points run: auto (default), vmap, sequential")
     r.add_argument("--checkpoint-every", metavar="N", help="checkpoint the round loop every N rounds so "
                                                            "--resume can continue a killed run or sweep "
-                                                           "(default: only when interrupted by Ctrl-C / SIGTERM)")
+                                                           "(default: only when interrupted by Ctrl-C / SIGTERM; "
+                                                           "each checkpoint writes the whole state to disk)")
     r.add_argument("--preset", help="a paper's setting, applied before --config, flags and --set "
                                     "(fedjax-sim list names them)")
     if out:
@@ -384,13 +386,14 @@ def cmd_resume(a) -> int:
     if given:
         raise ConfigError("--resume", a.resume, f"alone (the run's config.json decides everything; also given: "
                                                 f"{', '.join(given)})")
-    from fedjax_sim.sweep import ARGS_FILE
+    from fedjax_sim.sweep import enclosing_sweep
 
+    sweep_dir = enclosing_sweep(path)
     if not (path / "config.json").is_file():
         subs = sorted(p.name for p in path.glob("*/config.json")) if path.is_dir() else []
         hint = f" (a comparison: resume one of its runs, e.g. {path / Path(subs[0]).parent})" if subs else ""
-        if (path / ARGS_FILE).is_file():
-            hint = f" (it holds a sweep: fedjax-sim sweep --resume {path})"
+        if sweep_dir is not None:
+            hint = f" (it belongs to a sweep: fedjax-sim sweep --resume {sweep_dir})"
         elif not path.exists():
             hint = " (no such directory)"
         raise ConfigError("--resume", a.resume, f"a run directory holding config.json{hint}")
@@ -399,8 +402,7 @@ def cmd_resume(a) -> int:
         if status != "interrupted":
             raise ConfigError("--resume", a.resume, f"an interrupted run (its summary.json says status {status}: "
                                                     "it finished)")
-    sweep_dir = path.resolve().parent.parent  # <sweep>/<algorithm>/<grid point>
-    if (sweep_dir / ARGS_FILE).is_file():  # its checkpoint may be its group's, its results the sweep's
+    if sweep_dir is not None:  # a grid point: its checkpoint may be its group's, its results the sweep's
         raise ConfigError("--resume", a.resume, f"a run directory, not a sweep's grid point (a sweep resumes "
                                                 f"whole: fedjax-sim sweep --resume {sweep_dir})")
     if not checkpoints.in_run(path):
@@ -463,7 +465,9 @@ def _sweep_resume_args(a) -> argparse.Namespace:
         raise ConfigError("--resume", a.resume, "alone (the sweep's own command line decides everything; "
                                                 f"also given: {' '.join(extra)})")
     if not (path / sweep.ARGS_FILE).is_file():
+        inside = sweep.enclosing_sweep(path)
         hint = (" (no such directory)" if not path.exists()
+                else f" (it is inside the sweep {inside}: fedjax-sim sweep --resume {inside})" if inside
                 else " (it holds a run: fedjax-sim run --resume)" if (path / "config.json").is_file() else "")
         raise ConfigError("--resume", a.resume, f"a sweep directory holding {sweep.ARGS_FILE} (written when a "
                                                 f"sweep starts){hint}")
@@ -555,8 +559,9 @@ def cmd_sweep(a) -> int:
     if resuming:
         counts = [(n, sum(acts.count(n) for acts in actions.values())) for n in ("skip", "continue", "run")]
         words = {"skip": "finished (kept)", "continue": "continued from a checkpoint", "run": "run from the start"}
-        print(f"resuming {base_out}: groups of grid points " + ", ".join(f"{c} {words[n]}" for n, c in counts if c),
-              file=sys.stderr)
+        total = sum(c for _, c in counts)
+        print(f"resuming {base_out}: of {total} group(s) of grid points trained together, "
+              + ", ".join(f"{c} {words[n]}" for n, c in counts if c), file=sys.stderr)
     else:  # valid: the command line that --resume will read back
         Path(base_out).mkdir(parents=True, exist_ok=True)
         jsonio.write_json(Path(base_out, sweep.ARGS_FILE), {"argv": _stored_argv(a.argv[1:], base_out)})
@@ -612,7 +617,7 @@ def cmd_list(a) -> int:
     if getattr(a, "fields", False):
         print(config_lib.field_reference(markdown=a.markdown), end="\n" if not a.markdown else "")
         return 0
-    from fedjax_sim.core.optim import OPTIMIZERS
+    from fedjax_sim.core.optim import OPTIMIZERS, OWN, signature_text
     from fedjax_sim.data import MULTITASK_SOURCES, all_partitions, all_sources
     from fedjax_sim.tasks import TASKS
 
@@ -638,6 +643,8 @@ def cmd_list(a) -> int:
     print("optimizers (local.optimizer, server.optimizer; extra optax hyper-parameters with "
           "*.optimizer_args=k=v,...; fedadagrad, fedadam, fedyogi: FedOpt's server optimizers as its "
           "code computes them, eps added to the root of the uncorrected second moment):\n  " + ", ".join(OPTIMIZERS))
+    for name, factory in OWN.items():
+        print(f"  {name}({signature_text(factory)})")
     from fedjax_sim.presets import describe_presets
     print("presets (--preset NAME; applied before --config, flags and --set):")
     for line in describe_presets():

@@ -144,6 +144,13 @@ ARGS_FILE = "sweep_args.json"
 CONFIG_COPY = "sweep_config.json"  # the sweep's --config file as it began (its command line names this)
 
 
+def enclosing_sweep(path) -> Path | None:
+    """The sweep directory ``path`` is, or is an algorithm folder or grid point of (``<sweep>/
+    <algorithm>/<point>``): the first of it, its parent and grandparent holding `ARGS_FILE`."""
+    path = Path(path).resolve()
+    return next((d for d in (path, path.parent, path.parent.parent) if (d / ARGS_FILE).is_file()), None)
+
+
 def point_status(out: Path, cfg) -> str:
     """Where grid point ``cfg``'s run directory ``out`` stands when a sweep resumes: ``new`` (no
     run there), ``done`` (its summary says it finished, trained to the end or diverged),

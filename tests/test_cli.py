@@ -672,8 +672,10 @@ def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, caps
     stopped = json.loads((out / "fedprox" / "local.lr=0.1" / "summary.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["resume"] == f"fedjax-sim sweep --resume {out}"
     monkeypatch.setattr(trials, "BLOCK_HOOKS", [])
-    assert cli.main(["run", "--resume", str(out / "fedprox" / "local.lr=0.05")]) == 2  # the group's checkpoint
-    assert f"sweep --resume {out}" in capsys.readouterr().err
+    for cmd in (["run", "--resume", str(out / "fedprox" / "local.lr=0.05")],  # the group's checkpoint
+                ["run", "--resume", str(out / "fedprox")], ["sweep", "--resume", str(out / "fedprox" / "local.lr=0.1")]):
+        assert cli.main(cmd) == 2
+        assert f"sweep --resume {out}" in capsys.readouterr().err, cmd
 
     assert cli.main(args + ["--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err and not (out / "sweep.md").exists()
@@ -691,7 +693,7 @@ def test_an_interrupted_sweep_resumes_keeping_its_finished_groups(tmp_path, caps
     monkeypatch.setattr(trials, "run_group", lambda pg, **kw: ran.append(pg.group.configs[0].algorithm)
                         or run_group(pg, **kw))
     assert cli.main(["sweep", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
-    assert "1 finished (kept), 1 continued from a checkpoint" in capsys.readouterr().err
+    assert "of 2 group(s) of grid points trained together, 1 finished (kept), 1 continued from a checkpoint" in capsys.readouterr().err
     assert ran == ["fedprox"]
     whole, cut = (json.loads((d / "sweep.json").read_text()) for d in (tmp_path / "whole", out))
     for name in ("fedavg", "fedprox"):

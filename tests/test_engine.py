@@ -127,7 +127,15 @@ def test_optimizer_hyperparameters_are_injected_arrays():
                                              ("adam", "bogus=1", "local.optimizer_args"),
                                              ("adam", "b1", "local.optimizer_args"),
                                              ("sgd", "nesterov=maybe", "local.optimizer_args"),
-                                             ("sgd", "learning_rate=3", "local.optimizer_args")])
+                                             ("sgd", "learning_rate=3", "local.optimizer_args"),
+                                             ("fedadam", "b1=1.5", "local.optimizer_args"),
+                                             ("adam", "b2=1", "local.optimizer_args"),
+                                             ("fedyogi", "eps=0", "local.optimizer_args"),
+                                             ("adam", "eps=nan", "local.optimizer_args"),
+                                             ("fedadagrad", "initial_accumulator_value=-1", "local.optimizer_args"),
+                                             ("fedadam", "bias_correction=1", "local.optimizer_args"),
+                                             ("adam", "b1=true", "local.optimizer_args"),
+                                             ("fedadam", "eps=1e-3,eps=1e-2", "local.optimizer_args")])
 def test_bad_optimizer_names_and_hyperparameters(name, args, field):
     with pytest.raises(ConfigError) as e:
         make_optimizer(name, 0.1, args=args, params_example={"w": jnp.zeros(2)})

@@ -10,6 +10,7 @@ client program passes the extras to ``update``.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -110,6 +111,14 @@ def fedyogi(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3
 OWN = {"fedadagrad": fedadagrad, "fedadam": fedadam, "fedyogi": fedyogi}
 
 
+def signature_text(factory) -> str:
+    """``factory``'s hyper-parameters other than the learning rate with their defaults, as
+    ``*.optimizer_args`` takes them: ``"b1=0.9, eps=0.001, bias_correction=true"``."""
+    show = lambda v: str(v).lower() if isinstance(v, bool) else f"{v:g}"  # noqa: E731
+    return ", ".join(f"{k}={show(p.default)}" for k, p in inspect.signature(factory).parameters.items()
+                     if k != "learning_rate")
+
+
 def static_zero(value) -> bool:
     """True for a concrete 0 (a switched-off term). A traced value, i.e. a hyper-parameter swept
     as a vmapped axis (`fedjax_sim.trials`), counts as non-zero: the term stays in the program
@@ -166,6 +175,24 @@ class OptimizerSpec(NamedTuple):
                 and static_zero(self.clip_norm) and static_zero(self.weight_decay))
 
 
+# ranges of hyper-parameters that optax's optimizers and ours share: (test, what is allowed); eps
+# 0 divides 0 by 0 wherever a coordinate's gradients have all been 0 (Adam-like, FedOpt's)
+_RANGES = {"b1": (lambda v: 0 <= v < 1, "in [0, 1)"), "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+           "eps": (lambda v: v > 0, "> 0"), "initial_accumulator_value": (lambda v: v >= 0, ">= 0")}
+
+
+def _check_value(key: str, value, default, field: str, text: str) -> None:
+    """ConfigError naming ``field`` unless ``value`` suits hyper-parameter ``key`` (whose default is
+    ``default``): true/false where the default is a bool, else a finite number in `_RANGES`."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, bool) != isinstance(value, bool):
+            raise ConfigError(field, text, f"{'true or false' if isinstance(default, bool) else 'a number'} for {key}")
+        return
+    test, allowed = _RANGES.get(key, (lambda v: True, ""))
+    if not (math.isfinite(value) and test(value)):
+        raise ConfigError(field, text, f"{key} a finite number {allowed}".rstrip())
+
+
 def parse_optimizer_args(text: str, field: str) -> dict:
     """``"b1=0.9,eps=1e-6,nesterov=true"`` -> {"b1": 0.9, "eps": 1e-6, "nesterov": True}."""
     out: dict[str, Any] = {}
@@ -175,6 +202,8 @@ def parse_optimizer_args(text: str, field: str) -> dict:
         if "=" not in item:
             raise ConfigError(field, text, "comma-separated key=value hyper-parameters, e.g. b1=0.9,eps=1e-6")
         key, raw = (s.strip() for s in item.split("=", 1))
+        if key in out:
+            raise ConfigError(field, text, f"each hyper-parameter once ({key} is given twice)")
         low = raw.lower()
         if low in ("true", "false"):
             out[key] = low == "true"
@@ -206,12 +235,15 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     hyper: dict[str, Any] = {"learning_rate": _number(learning_rate)}
     if name == "momentum":
         hyper["momentum"] = _number(momentum)
-    allowed = [p for p in inspect.signature(factory).parameters if p != "learning_rate"]
+    params = inspect.signature(factory).parameters
+    allowed = [p for p in params if p != "learning_rate"]
     for key, value in extra.items():
         if key not in allowed or key in hyper:
             raise ConfigError(f"{field}.optimizer_args", args,
-                              f"hyper-parameters of {origin}.{factory.__name__} other than those set "
-                              f"by {field}.lr/{field}.momentum: {', '.join(allowed)}")
+                              f"hyper-parameters of {origin}.{factory.__name__} other than learning_rate "
+                              f"(set by {field}.lr)" + (f" and momentum (set by {field}.momentum)"
+                                                        if name == "momentum" else "") + f": {', '.join(allowed)}")
+        _check_value(key, value, params[key].default, f"{field}.optimizer_args", args)
         hyper[key] = value
     static = tuple(k for k, v in hyper.items() if isinstance(v, (bool, str)))
     try:
