@@ -399,11 +399,16 @@ def make_attack(prep: Prepared, alg: Algorithm | None = None):
     """attack(state, data, key) -> the loss-based membership-inference attack (`core.privacy`) on
     the final models, jittable: ``mia_auc`` / ``mia_balanced_accuracy`` on the global model,
     ``*_personalized`` on each client's own; in blocks of clients where `make_evaluator` takes
-    them (`_block`). Single-output tasks."""
+    them (`_block`), and of no more rows than evaluation scores at once. Single-output tasks."""
     alg, task, mapping = _evaluated(prep, alg)
 
     def attack(state, data, key):
-        block = _block(prep, alg, state, data)
+        # scoring every training and test row at once could take far more memory than evaluation
+        # (test rows only), and the attack runs after the last round: blocks of clients with no
+        # more rows than evaluation scores at once (C x M_max)
+        c, m_max = data.num_clients, jax.tree.leaves(data.test)[0].shape[1]
+        block = min(_block(prep, alg, state, data) or c, max(1, c * m_max // (data.max_train + m_max)))
+        block = None if block >= c else block
 
         def on_everyone(params_of, stacked: bool) -> dict:
             if block is None:

@@ -740,6 +740,23 @@ def test_running_out_of_device_memory_exits_4_with_advice(tmp_path, capsys, monk
         cli.main(["run", *TINY, "--out", str(tmp_path / "r2")])
 
 
+def test_a_membership_attack_out_of_memory_keeps_the_trained_run(tmp_path, capsys, monkeypatch):
+    """The attack on the final models runs after the last round: out of device memory there, the
+    run still ends with its summary (no mia_* values) and a warning, exit 0."""
+    from fedjax_sim import runner
+
+    def attack(prep, alg=None):
+        def fails(state, data, key):
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9000000000 bytes.")
+        return fails
+    monkeypatch.setattr(runner, "make_attack", attack)
+    out = tmp_path / "r"
+    assert cli.main(["run", "--algorithm", "fedavg", *TINY, "--out", str(out)]) == 0
+    assert "membership attack on the final models ran out of device memory" in capsys.readouterr().err
+    final = json.loads((out / "summary.json").read_text())["final"]
+    assert "global_accuracy" in final and not any(k.startswith("mia") for k in final)
+
+
 def test_a_sequential_sweep_interrupted_in_its_first_point_resumes(tmp_path, capsys, monkeypatch):
     """Points run one after another (--trials sequential): stopped in the first point's last
     block, that point finishes and the second never starts (no summary); the sweep exits 130 and
