@@ -342,15 +342,19 @@ def _evaluated(prep: Prepared, alg: Algorithm | None):
     return alg, alg.task or prep.task, prep.mapping.resolved()
 
 
-def _block(prep: Prepared, alg: Algorithm, state, data) -> int | None:
+def _block(prep: Prepared, alg: Algorithm, state, data, rows: int) -> int | None:
     """How many clients a whole-population pass (per-client evaluation, the membership attack)
-    takes at once: a cohort's (`per_client_in_blocks`) where the whole population would not fit
-    where a round fits: a per-client store in host memory (the device then holds no more of it than
-    a round does), or packed training rows (whose padded view [C, N_max, ...] is what packing
-    avoids); None: everyone at once."""
-    if not (data.packed or holds_host_memory(state, alg.client_store)):
-        return None
-    return min(prep.config.cohort or data.num_clients, data.num_clients)
+    takes at once (`per_client_in_blocks`) when it builds ``rows`` rows of each client: no more rows
+    than evaluation scores at once (C x M_max test rows), and, with a per-client store in host
+    memory, no more clients than a round trains (the device then holds no more of the store than a
+    round does); None: everyone at once."""
+    c = data.num_clients
+    block = c
+    if rows:
+        block = max(1, c * jax.tree.leaves(data.test)[0].shape[1] // rows)
+    if holds_host_memory(state, alg.client_store):
+        block = min(block, prep.config.cohort or c)
+    return None if block >= c else block
 
 
 def _client_models(alg: Algorithm, state, key):
@@ -373,7 +377,9 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
         out = {}
         if alg.global_params is not None:
             out.update(evaluate_global(task.metrics, alg.global_params(state), data.global_test))
-        block = _block(prep, alg, state, data) if task.target_kind != "multi" else None
+        # packed training rows: the padded view [C, N_max, ...] that packing avoids is built a block at a time
+        rows = data.max_train if data.packed else 0
+        block = _block(prep, alg, state, data, rows) if task.target_kind != "multi" else None
         if block is not None and alg.client_params is not None:
             sums = client_sums_in_blocks(task.metrics, _client_models(alg, state, key), data, block, mapping)
             out.update(client_summary(sums, task.headline))
@@ -398,17 +404,13 @@ def make_evaluator(prep: Prepared, alg: Algorithm | None = None):
 def make_attack(prep: Prepared, alg: Algorithm | None = None):
     """attack(state, data, key) -> the loss-based membership-inference attack (`core.privacy`) on
     the final models, jittable: ``mia_auc`` / ``mia_balanced_accuracy`` on the global model,
-    ``*_personalized`` on each client's own; in blocks of clients where `make_evaluator` takes
-    them (`_block`), and of no more rows than evaluation scores at once. Single-output tasks."""
+    ``*_personalized`` on each client's own; in blocks of clients of no more rows than evaluation
+    scores at once (`_block`). Single-output tasks."""
     alg, task, mapping = _evaluated(prep, alg)
 
     def attack(state, data, key):
-        # scoring every training and test row at once could take far more memory than evaluation
-        # (test rows only), and the attack runs after the last round: blocks of clients with no
-        # more rows than evaluation scores at once (C x M_max)
-        c, m_max = data.num_clients, jax.tree.leaves(data.test)[0].shape[1]
-        block = min(_block(prep, alg, state, data) or c, max(1, c * m_max // (data.max_train + m_max)))
-        block = None if block >= c else block
+        # it scores every training and test row, far more than evaluation, after the last round
+        block = _block(prep, alg, state, data, data.max_train + jax.tree.leaves(data.test)[0].shape[1])
 
         def on_everyone(params_of, stacked: bool) -> dict:
             if block is None:

@@ -175,10 +175,9 @@ class OptimizerSpec(NamedTuple):
                 and static_zero(self.clip_norm) and static_zero(self.weight_decay))
 
 
-# ranges of hyper-parameters that optax's optimizers and ours share: (test, what is allowed); eps
-# 0 divides 0 by 0 wherever a coordinate's gradients have all been 0 (Adam-like, FedOpt's)
+# ranges of hyper-parameters that optax's optimizers and ours share: (test, what is allowed)
 _RANGES = {"b1": (lambda v: 0 <= v < 1, "in [0, 1)"), "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-           "eps": (lambda v: v > 0, "> 0"), "initial_accumulator_value": (lambda v: v >= 0, ">= 0")}
+           "eps": (lambda v: v >= 0, ">= 0"), "initial_accumulator_value": (lambda v: v >= 0, ">= 0")}
 
 
 def _check_value(key: str, value, default, field: str, text: str) -> None:
@@ -245,6 +244,11 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
                                                         if name == "momentum" else "") + f": {', '.join(allowed)}")
         _check_value(key, value, params[key].default, f"{field}.optimizer_args", args)
         hyper[key] = value
+    if name in OWN and hyper.get("eps", params["eps"].default) == 0 and not hyper.get(
+            "initial_accumulator_value", params["initial_accumulator_value"].default):
+        raise ConfigError(f"{field}.optimizer_args", args, "eps > 0, or initial_accumulator_value > 0 (v starts "
+                                                           "at it: with both 0, a coordinate whose updates have all "
+                                                           "been 0 divides 0 by 0)")
     static = tuple(k for k, v in hyper.items() if isinstance(v, (bool, str)))
     try:
         inner = optax.inject_hyperparams(factory, static_args=static)(**hyper)
