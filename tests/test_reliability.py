@@ -307,7 +307,7 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, capsys
     import signal
 
     out = tmp_path / "killed"
-    proc = _spawn(out, "--checkpoint-every", "5", rounds=2000, eval_every=2)
+    proc = _spawn(out, "--checkpoint-every", "5", rounds=600, eval_every=2)
     progress = out / "resume" / "progress.json"
     _wait_for(lambda: progress.exists() and json.loads(progress.read_text())["round"] >= 10, proc)
     proc.send_signal(signal.SIGKILL)
@@ -315,7 +315,7 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, capsys
     assert not (out / "summary.json").exists()
     assert cli.main(["run", "--resume", str(out), "--no-progress"]) == 0
     ref = tmp_path / "ref"
-    assert cli.main(["run", "--algorithm", "fedavg", "--rounds", "2000", "--set", "eval_every=2",
+    assert cli.main(["run", "--algorithm", "fedavg", "--rounds", "600", "--set", "eval_every=2",
                      "--out", str(ref)] + SMALL) == 0
     capsys.readouterr()
     a, b = _strict(ref / "summary.json"), _strict(out / "summary.json")
