@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fedjax_sim import checkpoints, jsonio
-from fedjax_sim.errors import ConfigError, DataUnavailableError, DivergedError
+from fedjax_sim.errors import ConfigError, DataUnavailableError, DivergedError, is_out_of_memory
 
 # The default experiment: FedAvg vs Local on the embedded digits, Dirichlet(0.3) over 20 clients.
 DEFAULT_ALGORITHMS = "fedavg,local"
@@ -722,7 +722,7 @@ def main(argv=None) -> int:
               "kept in its run directory", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - only XLA's out-of-memory is turned into advice
-        if "RESOURCE_EXHAUSTED" not in str(e):
+        if not is_out_of_memory(e):
             raise
         print(f"fedjax-sim: error: {out_of_memory(e)}", file=sys.stderr)
         return 4

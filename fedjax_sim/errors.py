@@ -28,3 +28,9 @@ class DataUnavailableError(RuntimeError):
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is XLA's RESOURCE_EXHAUSTED: an allocation it could not make while
+    compiling or running."""
+    return "RESOURCE_EXHAUSTED" in str(error)

@@ -351,7 +351,7 @@ def _block(prep: Prepared, alg: Algorithm, state, data, rows: int) -> int | None
     c = data.num_clients
     block = c
     if rows:
-        block = max(1, c * jax.tree.leaves(data.test)[0].shape[1] // rows)
+        block = max(1, c * data.max_test // rows)
     if holds_host_memory(state, alg.client_store):
         block = min(block, prep.config.cohort or c)
     return None if block >= c else block
@@ -410,7 +410,7 @@ def make_attack(prep: Prepared, alg: Algorithm | None = None):
 
     def attack(state, data, key):
         # it scores every training and test row, far more than evaluation, after the last round
-        block = _block(prep, alg, state, data, data.max_train + jax.tree.leaves(data.test)[0].shape[1])
+        block = _block(prep, alg, state, data, data.max_train + data.max_test)
 
         def on_everyone(params_of, stacked: bool) -> dict:
             if block is None:

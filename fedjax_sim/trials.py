@@ -37,7 +37,7 @@ from fedjax_sim.core.clients import on_device, to_host_memory
 from fedjax_sim.core.driver import RoundInput, compiler_options, count_compiles, make_block, round_inputs
 from fedjax_sim.core.mapping import trial_chunk
 from fedjax_sim.data.federated import padded
-from fedjax_sim.errors import ConfigError, DivergedError
+from fedjax_sim.errors import ConfigError, DivergedError, is_out_of_memory
 
 MODES = ("auto", "vmap", "sequential")
 # auto: stacked data above this many bytes runs sequentially (S copies of the data on device)
@@ -627,7 +627,7 @@ def run_unit(preps_by_seed: list, data, seeds: list, points: list, configs: list
             try:
                 mia = _lead(program.privacy(program.hp, state, data, put(key)), axes)
             except Exception as e:  # noqa: BLE001 - only XLA's out-of-memory is survived
-                if "RESOURCE_EXHAUSTED" not in str(e):
+                if not is_out_of_memory(e):
                     raise
                 # an extra measurement must not cost the trained run its summary and plots
                 print("fedjax-sim: warning: the membership attack on the final models ran out of device "

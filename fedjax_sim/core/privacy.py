@@ -64,7 +64,7 @@ def client_attack(metrics_fn: Callable, params, data, stacked: bool,
     view = data.train_view()
     train = {k: v for k, v in view.items() if k != "generated"}
     gen = view.get("generated")
-    n_max, m_max = jax.tree.leaves(train)[0].shape[1], jax.tree.leaves(data.test)[0].shape[1]
+    n_max, m_max = jax.tree.leaves(train)[0].shape[1], data.max_test
     m_mem = jnp.arange(n_max)[None, :] < data.n_train[:, None]
     if gen is not None:
         m_mem = m_mem & ~gen

@@ -152,6 +152,11 @@ class FederatedData:
         return self.packed_rows if self.packed else int(self.train["x"].shape[1])
 
     @property
+    def max_test(self) -> int:
+        """M_max: the test rows held per client (the longest test split)."""
+        return int(jax.tree.leaves(self.test)[0].shape[1])
+
+    @property
     def global_size(self) -> int:
         return int(jax.tree.leaves(self.global_test)[0].shape[0])
 
